@@ -1,0 +1,118 @@
+// The backend-neutral op interface. The model (src/model) is written once against it; each backend
+// (src/backends/cpu, src/backends/cuda) implements every op. The CPU backend is the oracle: each op
+// there is a plain scalar loop in fp32, and each CUDA op is tested against it (tests/ops).
+//
+// Conventions for every op:
+// - Tensors are backend tensors (Backend::alloc / upload), contiguous and row-major.
+// - Float tensors are F32 or the backend's act_dtype() / matrix_dtype(); an op reads and writes the
+//   dtypes of the tensors it is given and accumulates in fp32.
+// - Shapes are checked by the backend; a mismatch is a bug in the caller (PIRT_CHECK).
+// - Ops are issued in order on one stream; nothing is synchronous unless it says so.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace pirt {
+
+enum class Epilogue : uint8_t {
+  None,
+  GeluTanh,  // gelu with the tanh approximation (flax nn.gelu default, HF gelu_pytorch_tanh)
+};
+
+// openpi's attention mask (spec 3.2) expressed per token: query i may attend to key j iff
+// k_block[j] <= q_block[i]. Blocks are the cumsum of ar_mask; a padding key gets kMaskedKey (no
+// query sees it) and a padding query gets kMaskedQuery (it sees nothing; its output is zero and unused).
+// Both tensors empty means no mask (SigLIP).
+struct AttentionMask {
+  static constexpr int32_t kMaskedKey = 0x3fffffff;
+  static constexpr int32_t kMaskedQuery = -1;
+  Tensor q_block;  // I32 [S, Tq]
+  Tensor k_block;  // I32 [S, Tk]
+  bool none() const { return q_block.empty(); }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;     // "cpu", "cuda: NVIDIA H100 80GB HBM3"
+  virtual DType act_dtype() const = 0;      // activations of the trunks (F32 on CPU, BF16 on CUDA)
+  virtual DType matrix_dtype() const = 0;   // weights of the big matrices (F32 on CPU, BF16 on CUDA)
+
+  // ---- memory ----
+  // A tensor that lives as long as the backend. Contents are undefined.
+  virtual Tensor alloc(DType dtype, Shape shape) = 0;
+  // Concatenates host tensors along dim 0 (fused Q/K/V, gate+up) into one new backend tensor of
+  // `dtype`, converting element types. All parts must have the same row size.
+  virtual Tensor upload(const std::vector<Tensor>& parts, DType dtype) = 0;
+  // Host -> backend copy into an existing tensor; same dtype and element count. Asynchronous on
+  // the stream, but `host` may be reused once it returns.
+  virtual void to_device(const Tensor& host, const Tensor& dev) = 0;
+  // Backend -> host copy; same dtype and element count. Waits for the work before it.
+  virtual void to_host(const Tensor& dev, const Tensor& host) = 0;
+
+  // ---- execution ----
+  // Issues the ops that `record` issues. Backends that can capture (CUDA graphs) capture `record`
+  // the first time they see `key` and replay the capture afterwards; the ops it records must then
+  // read only tensors whose addresses do not change between calls.
+  virtual void run(const std::string& key, const std::function<void()>& record) {
+    (void)key;
+    record();
+  }
+  virtual void synchronize() {}
+  // Peak device memory in bytes (0 where not tracked).
+  virtual size_t memory_peak() const { return 0; }
+
+  // ---- ops ----
+  // out[M,N] = epilogue(x[M,K] . w[N,K]^T + bias[N]) (+ residual[M,N]).
+  // bias and residual may be empty; residual may be the same memory as out (h += ...).
+  virtual void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
+                      Epilogue ep = Epilogue::None, const Tensor& residual = {}) = 0;
+
+  // SigLIP LayerNorm over the last dim D of x[M,D]: (x - mean) / sqrt(var + eps) * w + b.
+  virtual void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                          const Tensor& out) = 0;
+  // Gemma RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w), statistics in fp32.
+  virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& out) = 0;
+  // pi0.5 adaRMSNorm: rms(x) * (1 + scale) + shift, with mod[3D] = scale | shift | gate (gate unused here).
+  virtual void ada_rms_norm(const Tensor& x, const Tensor& mod, float eps, const Tensor& out) = 0;
+  // h[M,D] += y[M,D] * gate[D] (pi0.5's gated residual; gate is the last third of a mod[3D] row).
+  virtual void gated_residual(const Tensor& h, const Tensor& y, const Tensor& gate) = 0;
+
+  // out[M,F] = gelu_tanh(gu[:, :F]) * gu[:, F:], with gu[M, 2F] = [gate | up] (GeGLU).
+  virtual void geglu(const Tensor& gu, const Tensor& out) = 0;
+  // out = x * sigmoid(x) (swish); out may be x.
+  virtual void silu(const Tensor& x, const Tensor& out) = 0;
+  // out = x converted to out's dtype (or copied).
+  virtual void cast(const Tensor& x, const Tensor& out) = 0;
+  // out[M, K1+K2] = [a[M,K1] | b[Mb,K2]] where Mb is M or 1 (then b's row is repeated).
+  virtual void concat_cols(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // x += dt * v (the Euler update; x is F32).
+  virtual void axpy(const Tensor& x, const Tensor& v, float dt) = 0;
+
+  // SigLIP patch embedding, in fp32: images[N, S, S, 3] (F32, NHWC) -> out[N*T, W] with
+  // T = (S/p)^2 patches in row-major order, out = conv_p(images; w[W, 3, p, p], b[W]) + pos[T, W].
+  virtual void patch_embed(const Tensor& images, const Tensor& w, const Tensor& b, const Tensor& pos,
+                           int patch, const Tensor& out) = 0;
+  // out[T, D] = table[ids[T], :] * scale (ids I32; scale applied in fp32).
+  virtual void embed(const Tensor& ids, const Tensor& table, float scale, const Tensor& out) = 0;
+
+  // Splits a fused projection qkv[T, (Hq + 2*Hkv) * Dh] = [q | k | v] into q[T, Hq*Dh],
+  // k[T, Hkv*Dh] and v[T, Hkv*Dh] (k and v are usually rows of a KV cache), applying RoPE to q and
+  // k at positions[T] (I32) when positions is not empty: half-split rotation over all Dh dims,
+  // theta 10000, angles in fp32.
+  virtual void qkv_rope(const Tensor& qkv, const Tensor& positions, int heads, int kv_heads,
+                        int head_dim, const Tensor& q, const Tensor& k, const Tensor& v) = 0;
+
+  // out[S, Tq, Hq, Dh] = softmax(scale * q k^T, masked) v for each of S sequences, with
+  // q[S, Tq, Hq, Dh], k and v [S, Tk, Hkv, Dh] (Hq a multiple of Hkv; query head h reads KV head
+  // h / (Hq/Hkv)). Logits and softmax in fp32; probabilities are rounded to v's dtype before P.V.
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                         float scale, const Tensor& out) = 0;
+};
+
+}  // namespace pirt
