@@ -1,0 +1,91 @@
+// One Gemma layer (gemma.py:Block; gemma_pytorch.py:compute_layer_complete), the same code for
+// PaliGemma's prefix and the action expert's suffix. At inference each expert runs alone: the
+// prefix over itself, the suffix over [prefix cache | its own K/V] (spec 1.5, 3.4).
+#include <cmath>
+
+#include "model/forward.h"
+
+namespace pirt {
+namespace {
+
+// Rows [0, T) of a buffer planned for at least T rows.
+Tensor first(const Tensor& t, int64_t T) { return t.rows(0, T); }
+
+// qkv = x . [Wq | Wk | Wv]^T: one GEMM when fused, else three and two column joins.
+void project_qkv(Backend& be, const GemmaLayerW& w, const LayerActs& a, const Tensor& xn, const Tensor& qkv) {
+  const int64_t T = xn.dim(0);
+  if (!w.qkv.empty()) {
+    be.linear(xn, w.qkv, {}, qkv);
+    return;
+  }
+  be.linear(xn, w.q, {}, first(a.q_part, T));
+  be.linear(xn, w.k, {}, first(a.k_part, T));
+  be.linear(xn, w.v, {}, first(a.v_part, T));
+  be.concat_cols(first(a.q_part, T), first(a.k_part, T), first(a.qk_part, T));
+  be.concat_cols(first(a.qk_part, T), first(a.v_part, T), qkv);
+}
+
+// gate|up = x . [Wgate | Wup]^T, then GeGLU.
+void project_gate_up(Backend& be, const GemmaLayerW& w, const LayerActs& a, const Tensor& xn, const Tensor& gu) {
+  const int64_t T = xn.dim(0);
+  if (!w.gate_up.empty()) {
+    be.linear(xn, w.gate_up, {}, gu);
+    return;
+  }
+  be.linear(xn, w.gate, {}, first(a.gate_part, T));
+  be.linear(xn, w.up, {}, first(a.up_part, T));
+  be.concat_cols(first(a.gate_part, T), first(a.up_part, T), gu);
+}
+
+// RMSNorm, or adaRMSNorm when the layer has modulations (pi0.5's expert).
+void norm(Backend& be, const Tensor& x, const Tensor& weight, const Tensor& mod, const Tensor& out) {
+  if (!mod.empty())
+    be.ada_rms_norm(x, mod, kNormEps, out);
+  else
+    be.rms_norm(x, weight, kNormEps, out);
+}
+
+// h += sublayer output: plain residual (fused into the GEMM), or pi0.5's gated residual.
+void residual_linear(Backend& be, const Tensor& x, const Tensor& w, const Tensor& h, const Tensor& mod,
+                     const Tensor& y) {
+  if (mod.empty()) {
+    be.linear(x, w, {}, h, Epilogue::None, h);
+    return;
+  }
+  const int64_t D = h.dim(-1);
+  be.linear(x, w, {}, y);
+  // mod = scale | shift | gate: the gate is the last third.
+  Tensor gate = mod.reshape(Shape{3, D}).rows(2, 1).reshape(Shape{D});
+  be.gated_residual(h, y, gate);
+}
+
+}  // namespace
+
+void gemma_layer(Backend& be, const GemmaCall& call) {
+  const GemmaConfig& g = *call.cfg;
+  const GemmaLayerW& w = *call.w;
+  const LayerActs& a = *call.a;
+  const int64_t T = call.h.dim(0), Tk = call.kv_begin + T;
+  const Tensor xn = first(a.xn, T), qkv = first(a.qkv, T), q = first(a.q, T), attn = first(a.attn, T);
+
+  // x = pre_attention_norm(h)
+  norm(be, call.h, w.attn_norm, call.mod_attn, xn);
+  // q, k, v = q_proj(x), k_proj(x), v_proj(x); RoPE on q and k; k, v into the cache.
+  project_qkv(be, w, a, xn, qkv);
+  be.qkv_rope(qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, call.K.rows(call.kv_begin, T),
+              call.V.rows(call.kv_begin, T));
+  if (call.kv_only) return;  // the last prefix layer: the action steps read only its K/V
+  // attn = softmax(q k^T / sqrt(Dh), mask) v over every key in the cache so far
+  const Shape qs{1, T, g.heads, g.head_dim}, ks{1, Tk, g.kv_heads, g.head_dim};
+  be.attention(q.reshape(qs), call.K.rows(0, Tk).reshape(ks), call.V.rows(0, Tk).reshape(ks), call.mask,
+               1.f / std::sqrt(static_cast<float>(g.head_dim)), attn.reshape(qs));
+  // h += o_proj(attn)  (times the adaRMS gate in pi0.5's expert)
+  residual_linear(be, attn, w.o, call.h, call.mod_attn, first(a.y, T));
+  // x = pre_ffw_norm(h); h += down(gelu_tanh(gate(x)) * up(x))
+  norm(be, call.h, w.ffn_norm, call.mod_ffn, xn);
+  project_gate_up(be, w, a, xn, first(a.gu, T));
+  be.geglu(first(a.gu, T), first(a.mlp, T));
+  residual_linear(be, first(a.mlp, T), w.down, call.h, call.mod_ffn, first(a.y, T));
+}
+
+}  // namespace pirt
