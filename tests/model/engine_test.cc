@@ -1,0 +1,156 @@
+// End-to-end properties of the CPU engine on random tiny models: finite, noise-dependent actions;
+// dropping absent cameras and padding tokens gives the same actions as masking them; a batch is
+// its rows run alone; bad inputs give errors that name the input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "pirt/engine.h"
+
+namespace pirt {
+namespace {
+
+ModelInputs make_inputs(const ModelConfig& c, int batch, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::normal_distribution<float> n(0.f, 1.f);
+  const int64_t S = c.vision.image_size, L = c.max_token_len, H = c.action_horizon, A = c.action_dim;
+  ModelInputs in;
+  for (int cam = 0; cam < ModelConfig::kNumCameras; ++cam) {
+    in.images[cam] = HostTensor(DType::F32, {batch, S, S, 3});
+    in.image_masks[cam] = HostTensor(DType::BOOL, {batch});
+    for (int64_t i = 0; i < in.images[cam].numel(); ++i) in.images[cam].ptr<float>()[i] = u(rng);
+    for (int b = 0; b < batch; ++b) in.image_masks[cam].ptr<uint8_t>()[b] = 1;
+  }
+  in.tokenized_prompt = HostTensor(DType::I32, {batch, L});
+  in.tokenized_prompt_mask = HostTensor(DType::BOOL, {batch, L});
+  for (int b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < L; ++i) {
+      const bool valid = i < 10 + 3 * b;
+      in.tokenized_prompt.ptr<int32_t>()[b * L + i] = valid ? static_cast<int32_t>(rng() % c.llm.vocab) : 0;
+      in.tokenized_prompt_mask.ptr<uint8_t>()[b * L + i] = valid;
+    }
+  in.state = HostTensor(DType::F32, {batch, A});
+  for (int64_t i = 0; i < in.state.numel(); ++i) in.state.ptr<float>()[i] = u(rng);
+  in.noise = HostTensor(DType::F32, {batch, H, A});
+  for (int64_t i = 0; i < in.noise.numel(); ++i) in.noise.ptr<float>()[i] = n(rng);
+  return in;
+}
+
+double max_abs(const HostTensor& t) {
+  double m = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(double(t.ptr<float>()[i])));
+  return m;
+}
+
+double max_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.numel(), b.numel());
+  double m = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(double(a.ptr<float>()[i]) - b.ptr<float>()[i]));
+  return m;
+}
+
+EngineOptions cpu() {
+  EngineOptions o;
+  o.device = "cpu";
+  return o;
+}
+
+class EngineTest : public ::testing::TestWithParam<Arch> {};
+
+TEST_P(EngineTest, ActionsAreFiniteAndDependOnTheNoise) {
+  const ModelConfig c = config_tiny(GetParam());
+  auto engine = Engine::random(c, 1, cpu());
+  ModelInputs in = make_inputs(c, 1, 7);
+  const HostTensor a = engine->sample_actions(in, 10);
+  in.noise = HostTensor();
+  const HostTensor b = engine->sample_actions(in, 10, 1);
+  const HostTensor b2 = engine->sample_actions(in, 10, 2);
+  for (const HostTensor* t : {&a, &b, &b2}) {
+    ASSERT_EQ(t->shape(), (Shape{1, c.action_horizon, c.action_dim}));
+    for (int64_t i = 0; i < t->numel(); ++i) ASSERT_TRUE(std::isfinite(t->ptr<float>()[i])) << i;
+  }
+  // Non-trivial: actions of the order of the noise, and two noise draws give different chunks.
+  EXPECT_GT(max_abs(a), 0.1);
+  EXPECT_LT(max_abs(a), 100.0);
+  EXPECT_GT(max_diff(b, b2), 0.1);
+}
+
+TEST_P(EngineTest, DroppingAbsentCamerasAndPaddingIsExact) {
+  const ModelConfig c = config_tiny(GetParam());
+  ModelInputs in = make_inputs(c, 1, 3);
+  in.image_masks[2].ptr<uint8_t>()[0] = 0;  // right wrist absent, as LIBERO and DROID send
+  for (int64_t i = 0; i < in.images[2].numel(); ++i) in.images[2].ptr<float>()[i] = -1.f;
+  EngineOptions drop = cpu(), keep = cpu();
+  keep.drop_padding = false;
+  const HostTensor a = Engine::random(c, 1, drop)->sample_actions(in, 10);
+  const HostTensor b = Engine::random(c, 1, keep)->sample_actions(in, 10);
+  // Same math, another reduction order: fp32 rounding only (docs/numerics.md).
+  EXPECT_LT(max_diff(a, b), 1e-4 * std::max(1.0, max_abs(a)));
+}
+
+TEST_P(EngineTest, ABatchIsItsRowsRunAlone) {
+  const ModelConfig c = config_tiny(GetParam());
+  auto engine = Engine::random(c, 1, cpu());
+  ModelInputs in = make_inputs(c, 2, 5);
+  in.image_masks[1].ptr<uint8_t>()[1] = 0;
+  const HostTensor both = engine->sample_actions(in, 3);
+  for (int b = 0; b < 2; ++b) {
+    ModelInputs one;
+    auto row = [b](const HostTensor& t) {
+      Shape s = t.shape();
+      s[0] = 1;
+      HostTensor r(t.dtype(), s);
+      std::memcpy(r.ptr<void>(), t.view().rows(b, 1).data, r.view().nbytes());
+      return r;
+    };
+    for (int cam = 0; cam < ModelConfig::kNumCameras; ++cam) {
+      one.images[cam] = row(in.images[cam]);
+      one.image_masks[cam] = row(in.image_masks[cam]);
+    }
+    one.tokenized_prompt = row(in.tokenized_prompt);
+    one.tokenized_prompt_mask = row(in.tokenized_prompt_mask);
+    one.state = row(in.state);
+    one.noise = row(in.noise);
+    const HostTensor alone = engine->sample_actions(one, 3);
+    EXPECT_EQ(max_diff(alone, both.view().rows(b, 1)), 0.0) << "row " << b;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, EngineTest, ::testing::Values(Arch::Pi0, Arch::Pi05),
+                         [](const auto& info) { return std::string(arch_name(info.param)); });
+
+TEST(EngineInputs, BadInputsNameTheInput) {
+  const ModelConfig c = config_tiny(Arch::Pi0);
+  auto engine = Engine::random(c, 1, cpu());
+  auto expect_error = [&](ModelInputs in, const std::string& needle) {
+    try {
+      engine->sample_actions(in, 1);
+      FAIL() << "no error; expected one mentioning " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  ModelInputs in = make_inputs(c, 1, 1);
+  ModelInputs bad = in;
+  bad.state = HostTensor(DType::F32, {1, 7});
+  expect_error(bad, "state");
+  bad = in;
+  bad.images[1] = HostTensor(DType::F32, {1, 200, 224, 3});
+  expect_error(bad, "image.left_wrist_0_rgb");
+  bad = in;
+  bad.image_masks[0] = HostTensor(DType::I32, {1});
+  expect_error(bad, "image_mask.base_0_rgb");
+  bad = in;
+  bad.tokenized_prompt = HostTensor(DType::I32, {1, c.max_token_len});
+  bad.tokenized_prompt.ptr<int32_t>()[0] = c.llm.vocab + 5;
+  expect_error(bad, "outside the vocabulary");
+  bad = in;
+  bad.noise = HostTensor(DType::F32, {1, 3, c.action_dim});
+  expect_error(bad, "noise");
+}
+
+}  // namespace
+}  // namespace pirt
