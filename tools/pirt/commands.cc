@@ -211,6 +211,41 @@ int cmd_infer(int argc, char** argv) {
   return 0;
 }
 
+int cmd_make_inputs(int argc, char** argv) {
+  const Args a(argc, argv, {"--model", "--cameras", "--prompt-len", "--horizon", "--batch", "--seed", "--out"}, {});
+  if (a.help()) {
+    std::printf(
+        "usage: pirt make-inputs --out FILE [--model pi0|pi05|tiny|tiny-pi05] [--cameras N] [--prompt-len N]\n"
+        "                        [--horizon N] [--batch N] [--seed S]\n"
+        "Writes the synthetic model-level inputs that `pirt bench` uses (noise included) as an inputs file\n"
+        "for `pirt infer` and the PyTorch reference.\n");
+    return 0;
+  }
+  const std::string model = a.str("--model", "pi0"), out = a.required("--out");
+  ModelConfig c;
+  if (model == "pi0")
+    c = config_pi0();
+  else if (model == "pi05")
+    c = config_pi05();
+  else if (model == "tiny")
+    c = config_tiny(Arch::Pi0);
+  else if (model == "tiny-pi05")
+    c = config_tiny(Arch::Pi05);
+  else
+    throw_error("--model must be pi0, pi05, tiny or tiny-pi05, not \"" + model + "\"");
+  const int batch = static_cast<int>(a.integer("--batch", 1, 1, 64));
+  const int horizon = static_cast<int>(a.integer("--horizon", c.action_horizon, 1, 1024));
+  const uint64_t seed = static_cast<uint64_t>(a.integer("--seed", 0, 0, 1L << 40));
+  ModelInputs in = synthetic_inputs(c, batch, static_cast<int>(a.integer("--cameras", 3, 1, 3)),
+                                    static_cast<int>(a.integer("--prompt-len", 48, 1, 4096)), seed);
+  in.noise = HostTensor(DType::F32, {batch, horizon, c.action_dim});
+  std::mt19937_64 rng(seed + 1);
+  std::normal_distribution<float> n(0.f, 1.f);
+  for (int64_t i = 0; i < in.noise.numel(); ++i) in.noise.ptr<float>()[i] = n(rng);
+  write_inputs(out, in);
+  return 0;
+}
+
 int cmd_make_checkpoint(int argc, char** argv) {
   const Args a(argc, argv, {"--arch", "--seed", "--dtype", "--out"}, {});
   if (a.help()) {

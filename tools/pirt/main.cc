@@ -19,6 +19,7 @@ const char* kUsage =
     "  bench            time sample_actions on a random-weight model or a checkpoint\n"
     "  infer            run sample_actions on a model-level inputs file\n"
     "  make-checkpoint  write random weights in openpi's layout\n"
+    "  make-inputs      write synthetic model-level inputs (what bench uses) for infer and the reference\n"
     "  serve            serve a checkpoint over openpi's websocket protocol\n"
     "  policy-infer     run one openpi request (msgpack) through the policy, without the network\n"
     "\n"
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
     if (cmd == "bench") return pirt::cmd_bench(argc - 2, argv + 2);
     if (cmd == "infer") return pirt::cmd_infer(argc - 2, argv + 2);
     if (cmd == "make-checkpoint") return pirt::cmd_make_checkpoint(argc - 2, argv + 2);
+    if (cmd == "make-inputs") return pirt::cmd_make_inputs(argc - 2, argv + 2);
 #ifdef PIRT_HAVE_SERVE
     if (cmd == "serve") return pirt::serve_main(argc - 2, argv + 2);
     if (cmd == "policy-infer") return pirt::policy_infer_main(argc - 2, argv + 2);
