@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "args.h"
+#include "bkc.h"
 #include "commands.h"
 #include "io/safetensors.h"
 #include "model/random_weights.h"
@@ -90,7 +91,7 @@ std::unique_ptr<Engine> load_model(const std::string& model, const EngineOptions
 int cmd_bench(int argc, char** argv) {
   const Args a(argc, argv,
                {"--model", "--device", "--cameras", "--absent", "--prompt-len", "--horizon", "--steps", "--batch",
-                "--iters", "--warmup", "--json", "--seed"},
+                "--iters", "--warmup", "--json", "--seed", "--check"},
                kEngineFlags);
   if (a.help()) {
     std::printf(
@@ -107,6 +108,8 @@ int cmd_bench(int argc, char** argv) {
         "  --iters N                timed calls (default 50 on a GPU, 3 on the CPU)\n"
         "  --warmup N               untimed calls first (default 3 on a GPU, 1 on the CPU)\n"
         "  --json FILE              also write the figures as JSON\n"
+        "  --check FILE             compare with the best-known figures (bench/bkc.json); exit 1 when slower\n"
+        "                           than the stated margin\n"
         "%s",
         kEngineFlagsHelp);
     return 0;
@@ -157,6 +160,7 @@ int cmd_bench(int argc, char** argv) {
   std::printf("mean %.3f ms  p50 %.3f  p90 %.3f  p99 %.3f  (%.1f Hz)\n", mean, p50, p90, p99, 1000.0 / mean);
   if (a.has("--json")) {
     nlohmann::json j = {{"model", model},
+                        {"gpu", gpu ? engine->backend().name() : ""},
                         {"config", c.name()},
                         {"device", gpu ? "cuda" : "cpu"},
                         {"backend", engine->backend().name()},
@@ -183,6 +187,21 @@ int cmd_bench(int argc, char** argv) {
     std::ofstream f(a.str("--json"));
     if (!f) throw_error("cannot write " + a.str("--json"));
     f << j.dump(2) << "\n";
+  }
+  if (a.has("--check")) {
+    BenchFigures fig;
+    fig.device = engine->backend().name();
+    fig.model = model;
+    fig.cameras = cameras;
+    fig.absent = absent;
+    fig.prompt_len = prompt_len;
+    fig.horizon = engine->horizon();
+    fig.steps = steps;
+    fig.batch = batch;
+    fig.mean_ms = mean;
+    const BkcVerdict v = check_bkc(a.str("--check"), fig);
+    std::fprintf(v.regression ? stderr : stdout, "%s\n", v.message.c_str());
+    if (v.regression) return 1;
   }
   return 0;
 }
