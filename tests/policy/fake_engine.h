@@ -20,7 +20,8 @@ class FakeEngine : public Engine {
 
   // The fake model: a[b, h, i] = 0.5 * noise + 0.25 * state[i] + 0.001 * sum(token ids)
   //                              + 0.1 * mean(base image) + 0.01 * (number of present cameras).
-  static float expected(const ModelInputs& in, int64_t b, int64_t h, int64_t i, int horizon, int A) {
+  // row_term(in, b) is everything but noise and state; it reads the whole row once.
+  static double row_term(const ModelInputs& in, int64_t b) {
     const int64_t L = in.tokenized_prompt.shape()[1];
     double tok = 0;
     for (int64_t l = 0; l < L; ++l)
@@ -31,9 +32,14 @@ class FakeEngine : public Engine {
     img /= static_cast<double>(S);
     int cams = 0;
     for (int c = 0; c < ModelConfig::kNumCameras; ++c) cams += in.image_masks[c].ptr<uint8_t>()[b] ? 1 : 0;
+    return 0.001 * tok + 0.1 * img + 0.01 * cams;
+  }
+  static float expected(const ModelInputs& in, int64_t b, int64_t h, int64_t i, int horizon, int A,
+                        double row = std::nan("")) {
+    if (std::isnan(row)) row = row_term(in, b);
     const float noise = in.noise.ptr<float>()[(b * horizon + h) * A + i];
     const float state = in.state.ptr<float>()[b * A + i];
-    return static_cast<float>(0.5 * noise + 0.25 * state + 0.001 * tok + 0.1 * img + 0.01 * cams);
+    return static_cast<float>(0.5 * noise + 0.25 * state + row);
   }
 
   HostTensor sample_actions(const ModelInputs& in, int steps = 10, uint64_t seed = 0) override {
@@ -44,9 +50,12 @@ class FakeEngine : public Engine {
     const int64_t B = in.batch();
     const int A = config_.action_dim;
     HostTensor out(DType::F32, Shape{B, horizon_, A});
-    for (int64_t b = 0; b < B; ++b)
+    for (int64_t b = 0; b < B; ++b) {
+      const double row = row_term(in, b);
       for (int64_t h = 0; h < horizon_; ++h)
-        for (int64_t i = 0; i < A; ++i) out.ptr<float>()[(b * horizon_ + h) * A + i] = expected(in, b, h, i, horizon_, A);
+        for (int64_t i = 0; i < A; ++i)
+          out.ptr<float>()[(b * horizon_ + h) * A + i] = expected(in, b, h, i, horizon_, A, row);
+    }
     std::lock_guard<std::mutex> lock(mu_);
     batches_.push_back(static_cast<int>(B));
     return out;
