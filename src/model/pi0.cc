@@ -193,7 +193,9 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
   const int64_t P = p.prefix_len, T = p.suffix_len, H = p.horizon, img = int64_t{p.n_cams} * c.vision.tokens();
 
   // ---- embed_prefix: [SigLIP tokens of each camera | text embeddings * sqrt(width)] ----
+  be.stage("siglip");
   if (p.n_cams > 0) siglip_forward(c, w, be, p, p.h.rows(0, img));
+  be.stage("prefix");
   if (p.n_text > 0)
     be.embed(p.text_ids.rows(0, p.n_text), w.embedding, std::sqrt(static_cast<float>(c.llm.width)),
              p.h.rows(img, p.n_text));
@@ -211,6 +213,7 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
   const AttentionMask suffix_mask{p.suffix_qb, p.suffix_kb};
   const int64_t per_step = 2 * int64_t{c.expert.depth} + 1;
   for (int s = 0; s < p.steps; ++s) {
+    be.stage("step " + std::to_string(s));
     // embed_suffix
     if (!c.pi05()) {
       // state_tok = state_proj(state); action_time = mlp_out(swish(mlp_in([action_in_proj(x_t), time_emb])))

@@ -66,6 +66,9 @@ class Backend {
   virtual void synchronize() {}
   // Peak device memory in bytes (0 where not tracked).
   virtual size_t memory_peak() const { return 0; }
+  // The ops issued from here on belong to this stage of the call ("siglip", "prefix", "step 3"):
+  // a label for profilers (pirt profile), no effect on the computation.
+  virtual void stage(const std::string& name) { (void)name; }
 
   // ---- ops ----
   // out[M,N] = epilogue(x[M,K] . w[N,K]^T + bias[N]) (+ residual[M,N]).
