@@ -1,4 +1,10 @@
 // The CUDA backend (src/ops/ops.h on an NVIDIA GPU). A plain C++ header: the model never sees CUDA.
+//
+// Memory: alloc() and upload() bump-allocate from an arena of large cudaMalloc slabs (nothing is
+// freed before the backend dies); memory_peak() is every byte taken from the device, weights and
+// workspaces included. Execution: one stream; run(key, record) captures `record` into a CUDA graph
+// the first time it sees `key` and replays the graph afterwards. While a graph is being captured,
+// to_device / to_host are errors: copy inputs in before run() and results out after it.
 #pragma once
 
 #include <memory>
@@ -12,6 +18,7 @@ struct CudaOptions {
   int device = 0;
   bool graphs = true;          // capture Backend::run() once per key and replay it
   bool own_small_gemm = true;  // our weight-streaming GEMM for M <= 64 instead of cuBLASLt
+  bool fast_attention = true;  // the flash kernel; false: a simple one-warp-per-row kernel (debugging)
   std::string tuning_file;     // per-shape GEMM algorithms (issue 4); empty: the shipped file for this GPU
 };
 

@@ -1,0 +1,364 @@
+// Kernel lab for the CUDA backend: times our small-M GEMM against cuBLASLt on the action-step shapes
+// (weights rotated through > 400 MB so they stream from HBM), the attention kernel on pi0's three
+// shapes, and one whole action step (18 expert layers) through the backend in a CUDA graph.
+//
+// Build (after `ninja -C build-cuda pirt_cuda`), from the repository root:
+//   nvcc -std=c++20 -O2 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Isrc \
+//     bench/kernels/kernel_bench.cu build-cuda/libpirt_cuda.a build-cuda/libpirt_core.a -lcublasLt \
+//     -o build-cuda/kernel_bench
+// Run: build-cuda/kernel_bench [--quick]. Every time is the median over replays of a CUDA graph of
+// 20 calls, per call. TB/s counts weight bytes (GEMM) or q+k+v+out bytes (attention).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/cuda_check.h"
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/lt_gemm.h"
+#include "core/bf16.h"
+
+using namespace pirt;
+using namespace pirt::cuda;
+
+namespace {
+
+__global__ void fill_kernel(__nv_bfloat16* p, size_t n, uint32_t seed, float scale) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    p[i] = __float2bfloat16(((h & 0xffff) / 32768.f - 1.f) * scale);
+  }
+}
+
+void fill(void* p, size_t n, uint32_t seed, float scale) {
+  fill_kernel<<<1024, 256>>>(static_cast<__nv_bfloat16*>(p), n, seed, scale);
+  CUDA_CHECK_LAUNCH();
+}
+
+void* dmalloc(size_t bytes) {
+  void* p;
+  CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
+}
+
+// Median microseconds per call of `body` (which issues `calls` calls) captured in a graph.
+double time_graph(cudaStream_t s, int calls, const std::function<void()>& body, int reps = 15) {
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  body();
+  CUDA_CHECK(cudaStreamEndCapture(s, &g));
+  CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) CUDA_CHECK(cudaGraphLaunch(ge, s));
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    CUDA_CHECK(cudaEventRecord(a, s));
+    CUDA_CHECK(cudaGraphLaunch(ge, s));
+    CUDA_CHECK(cudaEventRecord(b, s));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float ms;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms * 1000.0 / calls);
+  }
+  CUDA_CHECK(cudaGraphExecDestroy(ge));
+  CUDA_CHECK(cudaGraphDestroy(g));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+double max_rel_diff(const void* a, const void* b, size_t n) {
+  std::vector<uint16_t> ha(n), hb(n);
+  CUDA_CHECK(cudaMemcpy(ha.data(), a, n * 2, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(hb.data(), b, n * 2, cudaMemcpyDeviceToHost));
+  double ss = 0, worst = 0;
+  for (size_t i = 0; i < n; ++i) ss += double(bf16_to_f32(hb[i])) * bf16_to_f32(hb[i]);
+  const double rms = std::sqrt(ss / n);
+  for (size_t i = 0; i < n; ++i) {
+    const double d = std::fabs(double(bf16_to_f32(ha[i])) - bf16_to_f32(hb[i]));
+    if (!std::isfinite(d)) return INFINITY;
+    worst = std::max(worst, d / rms);
+  }
+  return worst;
+}
+
+struct GemmShape {
+  const char* name;
+  int64_t m, n, k;
+  bool residual;
+};
+
+void bench_gemm(cudaStream_t s, LtGemm& lt, float* ws, int* counters, int sms, bool quick) {
+  std::printf("\n== bf16 GEMM, weights from HBM (rotated through >400 MB), per call ==\n");
+  std::printf("%-22s %-18s %9s %8s %8s %10s\n", "shape (MxNxK)", "kernel", "us", "TB/s", "TFLOP/s", "maxdiff/rms");
+  const GemmShape shapes[] = {{"act qkv", 51, 2560, 1024, false},     {"act o +res", 51, 1024, 2048, true},
+                              {"act gate_up", 51, 8192, 1024, false}, {"act down +res", 51, 1024, 4096, true},
+                              {"h10 gate_up", 11, 8192, 1024, false}, {"b2 qkv (m102->lt)", 102, 2560, 1024, false}};
+  for (const GemmShape& sh : shapes) {
+    const size_t wbytes = sh.n * sh.k * 2;
+    const int copies = static_cast<int>(std::max<size_t>(2, (420ull << 20) / wbytes + 1));
+    void* w = dmalloc(wbytes * copies);
+    fill(w, sh.n * sh.k * copies, 1, 0.03f);
+    void* x = dmalloc(sh.m * sh.k * 2);
+    fill(x, sh.m * sh.k, 2, 1.f);
+    void* res = dmalloc(sh.m * sh.n * 2);
+    fill(res, sh.m * sh.n, 3, 1.f);
+    void* out_lt = dmalloc(sh.m * sh.n * 2);
+    void* out_own = dmalloc(sh.m * sh.n * 2);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const int calls = 20;
+    auto wp = [&](int i) { return static_cast<char*>(w) + (size_t)(i % copies) * wbytes; };
+    char label[64];
+    std::snprintf(label, sizeof label, "%s %lldx%lldx%lld", sh.name, (long long)sh.m, (long long)sh.n, (long long)sh.k);
+    auto report = [&](const char* kernel, double us, double diff) {
+      std::printf("%-22s %-18s %9.2f %8.2f %8.1f %10.2e\n", label, kernel, us, wbytes / us * 1e-6,
+                  2.0 * sh.m * sh.n * sh.k / us * 1e-6, diff);
+    };
+    // cuBLASLt (residual as C, beta = 1).
+    auto lt_call = [&](int i, void* out) {
+      LtGemm::Call c{x, DType::BF16, wp(i), DType::BF16, out, DType::BF16, nullptr, DType::F32,
+                     sh.residual ? res : nullptr, Epilogue::None, sh.m, sh.n, sh.k};
+      if (!lt.run(c, s)) throw std::runtime_error("cuBLASLt: no algorithm");
+    };
+    lt_call(0, out_lt);
+    const double t_lt = time_graph(s, calls, [&] {
+      for (int i = 0; i < calls; ++i) lt_call(i, out_lt);
+    });
+    report("cublasLt", t_lt, 0.0);
+    if (!small_gemm_supported(sh.m, sh.n, sh.k) || sh.m > 64) {
+      cudaFree(w), cudaFree(x), cudaFree(res), cudaFree(out_lt), cudaFree(out_own);
+      continue;
+    }
+    auto own = [&](const SmallGemmPlan& plan, int i) {
+      small_gemm(plan, x, wp(i), nullptr, DType::F32, Epilogue::None, sh.residual ? res : nullptr, DType::BF16, out_own,
+                 DType::BF16, sh.m, sh.n, sh.k, ws, counters, s);
+    };
+    const SmallGemmPlan def = small_gemm_plan(sh.m, sh.n, sh.k, sms);
+    own(def, 0);
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    const double t_def = time_graph(s, calls, [&] {
+      for (int i = 0; i < calls; ++i) own(def, i);
+    });
+    char kname[64];
+    std::snprintf(kname, sizeof kname, "own cw%d wk%d s%d", def.cw, def.wk, def.splits);
+    report(kname, t_def, max_rel_diff(out_own, out_lt, sh.m * sh.n));
+    if (quick) {
+      cudaFree(w), cudaFree(x), cudaFree(res), cudaFree(out_lt), cudaFree(out_own);
+      continue;
+    }
+    for (int cw : {1, 2, 4})
+      for (int wk : {1, 2, 4, 8}) {
+        const SmallGemmPlan p = small_gemm_plan(sh.m, sh.n, sh.k, sms, cw, wk);
+        if (p.ws_bytes > (16ll << 20) || (cw == def.cw && wk == def.wk)) continue;
+        CUDA_CHECK(cudaMemset(out_own, 0xff, sh.m * sh.n * 2));
+        own(p, 0);
+        CUDA_CHECK(cudaStreamSynchronize(s));
+        const double diff = max_rel_diff(out_own, out_lt, sh.m * sh.n);
+        const double t = time_graph(s, calls, [&] {
+          for (int i = 0; i < calls; ++i) own(p, i);
+        });
+        std::snprintf(kname, sizeof kname, "own cw%d wk%d s%d", cw, wk, p.splits);
+        report(kname, t, diff);
+      }
+    cudaFree(w), cudaFree(x), cudaFree(res), cudaFree(out_lt), cudaFree(out_own);
+  }
+}
+
+struct AttnShape {
+  const char* name;
+  int S, Tq, Tk, Hq, Hkv, Dh;
+  bool mask;
+};
+
+void bench_attention(cudaStream_t s, float* ws, int64_t ws_bytes, int sms, bool quick) {
+  std::printf("\n== attention, per call ==\n");
+  std::printf("%-34s %-16s %9s %8s %8s %10s\n", "shape", "kernel", "us", "TB/s", "TFLOP/s", "maxdiff/rms");
+  const AttnShape shapes[] = {{"prefix 1x816x8 / 816x1, d256", 1, 816, 816, 8, 1, 256, true},
+                              {"action 1x51x8 / 867x1, d256", 1, 51, 867, 8, 1, 256, true},
+                              {"siglip 3x256x16 / 256x16, d72", 3, 256, 256, 16, 16, 72, false}};
+  for (const AttnShape& sh : shapes) {
+    const size_t nq = (size_t)sh.S * sh.Tq * sh.Hq * sh.Dh, nk = (size_t)sh.S * sh.Tk * sh.Hkv * sh.Dh;
+    void* q = dmalloc(nq * 2);
+    void* k = dmalloc(nk * 2);
+    void* v = dmalloc(nk * 2);
+    void* o1 = dmalloc(nq * 2);
+    void* o2 = dmalloc(nq * 2);
+    fill(q, nq, 11, 2.f);
+    fill(k, nk, 12, 2.f);
+    fill(v, nk, 13, 1.f);
+    int32_t* qb = nullptr;
+    int32_t* kb = nullptr;
+    if (sh.mask) {  // prefix: 768 image + 20 text tokens valid; action: state block 1, actions 2
+      std::vector<int32_t> hq(sh.Tq), hk(sh.Tk);
+      const int P = sh.Tk - (sh.Tk == sh.Tq ? 0 : sh.Tq);
+      for (int j = 0; j < sh.Tk; ++j) hk[j] = j < P ? (j < 788 ? 0 : 0x3fffffff) : (j == P ? 1 : 2);
+      for (int i = 0; i < sh.Tq; ++i) hq[i] = sh.Tk == sh.Tq ? (i < 788 ? 0 : -1) : (i == 0 ? 1 : 2);
+      qb = static_cast<int32_t*>(dmalloc(sh.Tq * 4));
+      kb = static_cast<int32_t*>(dmalloc(sh.Tk * 4));
+      CUDA_CHECK(cudaMemcpy(qb, hq.data(), sh.Tq * 4, cudaMemcpyHostToDevice));
+      CUDA_CHECK(cudaMemcpy(kb, hk.data(), sh.Tk * 4, cudaMemcpyHostToDevice));
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+    AttentionArgs a{q, k, v, o1, qb, kb, sh.S, sh.Tq, sh.Tk, sh.Hq, sh.Hkv, sh.Dh, 1.f / std::sqrt((float)sh.Dh)};
+    const double bytes = 2.0 * (2 * nq + 2 * nk);
+    const double flops = 4.0 * sh.S * sh.Tq * sh.Hq * (double)sh.Tk * sh.Dh;
+    auto report = [&](const char* kernel, double us, double diff) {
+      std::printf("%-34s %-16s %9.2f %8.3f %8.1f %10.2e\n", sh.name, kernel, us, bytes / us * 1e-6, flops / us * 1e-6,
+                  diff);
+    };
+    AttentionArgs r = a;
+    r.out = o2;
+    attention_reference(r, s);
+    const double t_ref = time_graph(s, 5, [&] {
+      for (int i = 0; i < 5; ++i) attention_reference(r, s);
+    }, 5);
+    report("simple", t_ref, 0.0);
+    const int calls = 20;
+    std::vector<int> splits = {0};
+    if (!quick) splits.insert(splits.end(), {1, 2, 4, 7, 14});
+    for (int f : splits) {
+      if (attention_workspace_bytes(a, sms, f) > ws_bytes) continue;
+      CUDA_CHECK(cudaMemset(o1, 0xff, nq * 2));
+      if (!attention_fast(a, ws, ws_bytes, sms, s, f)) {
+        std::printf("  fast kernel does not take this shape\n");
+        break;
+      }
+      CUDA_CHECK(cudaStreamSynchronize(s));
+      const double diff = max_rel_diff(o1, o2, nq);
+      const double t = time_graph(s, calls, [&] {
+        for (int i = 0; i < calls; ++i) attention_fast(a, ws, ws_bytes, sms, s, f);
+      });
+      char kname[32];
+      std::snprintf(kname, sizeof kname, f ? "flash split=%d" : "flash (auto)", f);
+      report(kname, t, diff);
+    }
+    cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o1), cudaFree(o2);
+    if (qb) cudaFree(qb), cudaFree(kb);
+  }
+}
+
+// One action step: 18 expert layers (pi0, horizon 50: 51 tokens over an 816-token prefix cache)
+// through the backend's ops, captured as one graph.
+void bench_expert_step(bool own_small) {
+  CudaOptions opt;
+  opt.own_small_gemm = own_small;
+  auto be = make_cuda_backend(opt);
+  const int L = 18, T = 51, P = 816, D = 1024, F = 4096;
+  std::mt19937 rng(3);
+  auto w = [&](int64_t n, int64_t k) {
+    Tensor t = be->alloc(DType::BF16, {n, k});
+    fill(t.data, n * k, rng(), 1.f / std::sqrt((float)k));
+    return t;
+  };
+  struct Layer {
+    Tensor qkv, o, gu, down, n1, n2, K, V;
+  };
+  std::vector<Layer> layers;
+  for (int l = 0; l < L; ++l) {
+    Layer x{w(2560, D), w(D, 2048), w(2 * F, D), w(D, F), be->alloc(DType::F32, {D}), be->alloc(DType::F32, {D}),
+            be->alloc(DType::BF16, {P + T, 256}), be->alloc(DType::BF16, {P + T, 256})};
+    CUDA_CHECK(cudaMemset(x.n1.data, 0, D * 4));
+    CUDA_CHECK(cudaMemset(x.n2.data, 0, D * 4));
+    fill(x.K.data, (P + T) * 256, rng(), 1.f);
+    fill(x.V.data, (P + T) * 256, rng(), 1.f);
+    layers.push_back(x);
+  }
+  Tensor h = be->alloc(DType::BF16, {T, D}), xn = be->alloc(DType::BF16, {T, D}), qkv = be->alloc(DType::BF16, {T, 2560});
+  Tensor q = be->alloc(DType::BF16, {T, 2048}), att = be->alloc(DType::BF16, {T, 2048});
+  Tensor gu = be->alloc(DType::BF16, {T, 2 * F}), mlp = be->alloc(DType::BF16, {T, F});
+  std::vector<int32_t> hq(T), hk(P + T), hp(T);
+  for (int i = 0; i < T; ++i) hq[i] = i == 0 ? 1 : 2, hp[i] = P + i;
+  for (int j = 0; j < P + T; ++j) hk[j] = j < P ? 0 : (j == P ? 1 : 2);
+  Tensor QB = be->alloc(DType::I32, {1, T}), KB = be->alloc(DType::I32, {1, P + T}), POS = be->alloc(DType::I32, {T});
+  CUDA_CHECK(cudaMemcpy(QB.data, hq.data(), T * 4, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(KB.data, hk.data(), (P + T) * 4, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy(POS.data, hp.data(), T * 4, cudaMemcpyHostToDevice));
+  fill(h.data, T * D, 5, 1.f);
+  auto step = [&] {
+    for (const Layer& Ly : layers) {
+      be->rms_norm(h, Ly.n1, 1e-6f, xn);
+      be->linear(xn, Ly.qkv, {}, qkv);
+      be->qkv_rope(qkv, POS, 8, 1, 256, q, Ly.K.rows(P, T), Ly.V.rows(P, T));
+      be->attention(q.reshape({1, T, 8, 256}), Ly.K.reshape({1, P + T, 1, 256}), Ly.V.reshape({1, P + T, 1, 256}),
+                    AttentionMask{QB, KB}, 1.f / 16, att.reshape({1, T, 8, 256}));
+      be->linear(att, Ly.o, {}, h, Epilogue::None, h);
+      be->rms_norm(h, Ly.n2, 1e-6f, xn);
+      be->linear(xn, Ly.gu, {}, gu);
+      be->geglu(gu, mlp);
+      be->linear(mlp, Ly.down, {}, h, Epilogue::None, h);
+    }
+  };
+  CUDA_CHECK(cudaDeviceSynchronize());
+  be->run("step", step);  // capture
+  be->synchronize();
+  std::vector<double> t;
+  for (int i = 0; i < 20; ++i) {
+    be->synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    be->run("step", step);
+    be->synchronize();
+    t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  const double bytes = L * (2560.0 * D + D * 2048.0 + 2.0 * F * D + D * F) * 2;
+  std::printf("expert step, 18 layers, %-14s %8.1f us  (%.2f TB/s of weights; x10 steps = %.2f ms)  peak %.0f MB\n",
+              own_small ? "own small GEMM" : "cuBLASLt", t[t.size() / 2], bytes / t[t.size() / 2] * 1e-6,
+              t[t.size() / 2] * 10 / 1000, be->memory_peak() / 1e6);
+}
+
+void bench_copy(cudaStream_t s) {
+  const size_t bytes = 1ull << 30;
+  void* a = dmalloc(bytes);
+  void* b = dmalloc(bytes);
+  CUDA_CHECK(cudaMemsetAsync(a, 1, bytes, s));
+  const double us = time_graph(s, 1, [&] { CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s)); }, 7);
+  std::printf("device-to-device copy of 1 GiB: %.1f us, %.2f TB/s (read + write)\n", us, 2.0 * bytes / us * 1e-6);
+  cudaFree(a);
+  cudaFree(b);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  try {
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+    cudaStream_t s;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    bench_copy(s);
+    void* ltws = dmalloc(32 << 20);
+    LtGemm lt(ltws, 32 << 20);
+    float* ws = static_cast<float*>(dmalloc(16 << 20));
+    int* counters = static_cast<int*>(dmalloc(16384 * 4));
+    CUDA_CHECK(cudaMemset(counters, 0, 16384 * 4));
+    bench_gemm(s, lt, ws, counters, prop.multiProcessorCount, quick);
+    bench_attention(s, ws, 16 << 20, prop.multiProcessorCount, quick);
+    std::printf("\n== one action step through the backend (graph) ==\n");
+    bench_expert_step(true);
+    bench_expert_step(false);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,428 @@
+// Block-masked attention (ops.h Backend::attention) for pi0's three shapes:
+//   prefix   8 query heads x ~816 over ~816 keys of 1 KV head, head_dim 256, block mask
+//   actions  8 query heads x 51 over ~867 keys of 1 KV head, head_dim 256, block mask (180 calls)
+//   SigLIP   3 images x 16 heads x 256 over 256, head_dim 72, no mask
+//
+// The fast kernel is flash-attention 2 style on mma.sync (bf16 in, fp32 accumulate):
+// - Query heads that share a KV head are packed into one tile: packed row r = t * G + g, G = Hq / Hkv,
+//   so the 8 heads x 51 action queries form 408 rows over one K/V stream.
+// - A block is 4 warps x 16 rows; K/V tiles of 64 keys are double-buffered through cp.async.
+// - When the query tiles alone cannot fill the GPU (the action steps: 7 tiles), keys are split across
+//   blocks (flash-decoding); each split writes unnormalised fp32 outputs with its running max and sum,
+//   and a second kernel merges them.
+// - The mask is per token: key j is visible to query i iff k_block[j] <= q_block[i]. Scores are
+//   fp32 (scaled by scale*log2(e), exp2), probabilities are rounded to bf16 for P.V, the row sum
+//   is kept in fp32. Rows that see no key output zero.
+#include <cfloat>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/mma.cuh"
+
+namespace pirt::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kBR = kWarps * 16;  // query rows a block
+constexpr int kBK = 64;           // keys a tile
+constexpr int kMaskedKey = 0x3fffffff;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct FastParams {
+  const bf16* q;
+  const bf16* k;
+  const bf16* v;
+  bf16* out;
+  const int32_t* q_block;
+  const int32_t* k_block;
+  float* ws_o;   // [S*Hkv][nsplit][R][DHP] (nsplit > 1)
+  float* ws_ml;  // [S*Hkv][nsplit][R][2]
+  int S, Tq, Tk, Hq, Hkv, dh, G, R;
+  int nsplit, tiles_per_split;
+  float scale_log2;
+};
+
+template <int DHP>
+struct Smem {
+  static constexpr int kStride = DHP + 8;  // bf16 elements a row: 16-byte pad, conflict-free ldmatrix
+  bf16 q[kBR * kStride];
+  bf16 k[2][kBK * kStride];
+  bf16 v[2][kBK * kStride];
+  int kb[2][kBK];
+};
+
+// Row r of the packed tile of KV head `kvh` in sequence s -> element offset of its head vector.
+__device__ __forceinline__ int64_t q_offset(const FastParams& p, int s, int kvh, int r) {
+  const int t = r / p.G, g = r % p.G;
+  return (((int64_t)s * p.Tq + t) * p.Hq + kvh * p.G + g) * p.dh;
+}
+
+template <int DHP>
+__device__ __forceinline__ void load_kv_tile(const FastParams& p, Smem<DHP>& sm, int buf, int s, int kvh,
+                                             int key0, int key_end) {
+  constexpr int chunks = DHP / 8;
+  for (int i = threadIdx.x; i < kBK * chunks; i += kWarps * 32) {
+    const int kr = i / chunks, c = i % chunks, key = key0 + kr;
+    const bool ok = key < key_end && c * 8 < p.dh;
+    const int64_t off = (((int64_t)s * p.Tk + (ok ? key : 0)) * p.Hkv + kvh) * p.dh + (ok ? c * 8 : 0);
+    cp_async16(&sm.k[buf][kr * Smem<DHP>::kStride + c * 8], p.k + off, ok ? 16 : 0);
+    cp_async16(&sm.v[buf][kr * Smem<DHP>::kStride + c * 8], p.v + off, ok ? 16 : 0);
+  }
+  for (int kr = threadIdx.x; kr < kBK; kr += kWarps * 32) {
+    const int key = key0 + kr;
+    sm.kb[buf][kr] = key < key_end ? (p.k_block ? p.k_block[(int64_t)s * p.Tk + key] : 0) : kMaskedKey;
+  }
+}
+
+template <int DHP>
+__global__ void __launch_bounds__(kWarps * 32, 1) attention_kernel(const FastParams p) {
+  constexpr int NT_O = DHP / 8;   // output column tiles
+  constexpr int KS = DHP / 16;    // k-steps of Q.K^T
+  constexpr int ST = Smem<DHP>::kStride;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Smem<DHP>& sm = *reinterpret_cast<Smem<DHP>*>(smem_raw);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y, s = bh / p.Hkv, kvh = bh % p.Hkv;
+  const int split = blockIdx.z;
+  const int row0 = blockIdx.x * kBR;
+
+  const int ntiles_total = (p.Tk + kBK - 1) / kBK;
+  const int tile_begin = split * p.tiles_per_split;
+  const int tile_end = min(ntiles_total, tile_begin + p.tiles_per_split);
+  const int key_end = min(p.Tk, tile_end * kBK);
+
+  // Q tile (zeros past R and past dh).
+  {
+    constexpr int chunks = DHP / 8;
+    for (int i = threadIdx.x; i < kBR * chunks; i += kWarps * 32) {
+      const int r = i / chunks, c = i % chunks, row = row0 + r;
+      const bool ok = row < p.R && c * 8 < p.dh;
+      const int64_t off = ok ? q_offset(p, s, kvh, row) + c * 8 : 0;
+      cp_async16(&sm.q[r * ST + c * 8], p.q + off, ok ? 16 : 0);
+    }
+  }
+  if (tile_begin < tile_end) load_kv_tile<DHP>(p, sm, 0, s, kvh, tile_begin * kBK, key_end);
+  cp_async_commit();
+
+  // Per-thread rows: g and g + 8 of this warp's 16.
+  int qb[2];
+  float m_run[2], l_run[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + warp * 16 + g + 8 * h;
+    qb[h] = -1;
+    if (row < p.R) qb[h] = p.q_block ? p.q_block[(int64_t)s * p.Tq + row / p.G] : 0;
+    m_run[h] = -INFINITY;
+    l_run[h] = 0.f;
+  }
+  float o[NT_O][4];
+#pragma unroll
+  for (int i = 0; i < NT_O; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int buf = (tile - tile_begin) & 1;
+    cp_async_wait<0>();
+    __syncthreads();
+    if (tile + 1 < tile_end) load_kv_tile<DHP>(p, sm, buf ^ 1, s, kvh, (tile + 1) * kBK, key_end);
+    cp_async_commit();
+
+    // S = Q K^T for this warp's 16 rows x 64 keys.
+    float sc[kBK / 8][4];
+#pragma unroll
+    for (int i = 0; i < kBK / 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[i][e] = 0.f;
+    const bf16* kt = sm.k[buf];
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t a0, a1, a2, a3;
+      ldmatrix_x4(a0, a1, a2, a3, &sm.q[(warp * 16 + (lane & 15)) * ST + ks * 16 + (lane >> 4) * 8]);
+#pragma unroll
+      for (int np = 0; np < kBK / 16; ++np) {
+        uint32_t b0, b1, b2, b3;
+        const int key = np * 16 + (lane >> 4) * 8 + (lane & 7);
+        ldmatrix_x4(b0, b1, b2, b3, &kt[key * ST + ks * 16 + ((lane >> 3) & 1) * 8]);
+        mma_bf16_16816(sc[2 * np], a0, a1, a2, a3, b0, b1);
+        mma_bf16_16816(sc[2 * np + 1], a0, a1, a2, a3, b2, b3);
+      }
+    }
+
+    // Mask, scale, online softmax.
+    const int* kb = sm.kb[buf];
+    float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kBK / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1, key = nt * 8 + 2 * t + (e & 1);
+        const float x = kb[key] <= qb[h] ? sc[nt][e] * p.scale_log2 : -INFINITY;
+        sc[nt][e] = x;
+        tmax[h] = fmaxf(tmax[h], x);
+      }
+    float alpha[2], m_use[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
+      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
+      const float m_new = fmaxf(m_run[h], tmax[h]);
+      m_use[h] = m_new == -INFINITY ? 0.f : m_new;
+      alpha[h] = exp2f(m_run[h] - m_use[h]);  // 0 when m_run is -inf
+      m_run[h] = m_new;
+    }
+    float rsum[2] = {0.f, 0.f};
+    uint32_t pa[kBK / 8][2];  // P as bf16 pairs: [n tile][row half]
+#pragma unroll
+    for (int nt = 0; nt < kBK / 8; ++nt) {
+      const float p0 = exp2f(sc[nt][0] - m_use[0]), p1 = exp2f(sc[nt][1] - m_use[0]);
+      const float p2 = exp2f(sc[nt][2] - m_use[1]), p3 = exp2f(sc[nt][3] - m_use[1]);
+      rsum[0] += p0 + p1;
+      rsum[1] += p2 + p3;
+      pa[nt][0] = pack_bf16x2(p0, p1);
+      pa[nt][1] = pack_bf16x2(p2, p3);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 1);
+      rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 2);
+      l_run[h] = l_run[h] * alpha[h] + rsum[h];
+    }
+#pragma unroll
+    for (int i = 0; i < NT_O; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+
+    // O += P V: P from registers (the S accumulator layout is the A fragment layout), V^T by ldmatrix.trans.
+    const bf16* vt = sm.v[buf];
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      const uint32_t a0 = pa[2 * kk][0], a1 = pa[2 * kk][1], a2 = pa[2 * kk + 1][0], a3 = pa[2 * kk + 1][1];
+#pragma unroll
+      for (int np = 0; np < NT_O / 2; ++np) {
+        uint32_t b0, b1, b2, b3;
+        const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4_trans(b0, b1, b2, b3, &vt[key * ST + np * 16 + (lane >> 4) * 8]);
+        mma_bf16_16816(o[2 * np], a0, a1, a2, a3, b0, b1);
+        mma_bf16_16816(o[2 * np + 1], a0, a1, a2, a3, b2, b3);
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Write: the normalised output, or this split's partial state.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + warp * 16 + g + 8 * h;
+    if (row >= p.R) continue;
+    if (p.nsplit == 1) {
+      const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
+      bf16* dst = p.out + q_offset(p, s, kvh, row);
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i) {
+        const int col = i * 8 + 2 * t;
+        if (col < p.dh)
+          *reinterpret_cast<uint32_t*>(dst + col) = pack_bf16x2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+      }
+    } else {
+      const int64_t base = ((int64_t)bh * p.nsplit + split) * p.R + row;
+      float* dst = p.ws_o + base * DHP;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i) {
+        const int col = i * 8 + 2 * t;
+        *reinterpret_cast<float2*>(dst + col) = make_float2(o[i][2 * h], o[i][2 * h + 1]);
+      }
+      if (t == 0) *reinterpret_cast<float2*>(p.ws_ml + base * 2) = make_float2(m_run[h], l_run[h]);
+    }
+  }
+}
+
+// One block per (packed row, sequence x KV head): combine the splits' partial outputs.
+template <int DHP>
+__global__ void merge_kernel(const FastParams p) {
+  const int row = blockIdx.x, bh = blockIdx.y, s = bh / p.Hkv, kvh = bh % p.Hkv;
+  float mx = -INFINITY;
+  for (int sp = 0; sp < p.nsplit; ++sp)
+    mx = fmaxf(mx, p.ws_ml[(((int64_t)bh * p.nsplit + sp) * p.R + row) * 2]);
+  const float m_use = mx == -INFINITY ? 0.f : mx;
+  float l = 0.f;
+  for (int sp = 0; sp < p.nsplit; ++sp) {
+    const float2 ml = *reinterpret_cast<const float2*>(p.ws_ml + (((int64_t)bh * p.nsplit + sp) * p.R + row) * 2);
+    l += ml.y * exp2f(ml.x - m_use);
+  }
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  bf16* dst = p.out + q_offset(p, s, kvh, row);
+  for (int c = threadIdx.x; c < p.dh; c += blockDim.x) {
+    float acc = 0.f;
+    for (int sp = 0; sp < p.nsplit; ++sp) {
+      const int64_t base = ((int64_t)bh * p.nsplit + sp) * p.R + row;
+      const float w = exp2f(p.ws_ml[base * 2] - m_use);
+      acc += w * p.ws_o[base * DHP + c];
+    }
+    dst[c] = __float2bfloat16(acc * inv);
+  }
+}
+
+int padded_head_dim(int dh) {
+  if (dh % 8 != 0 || dh > 256) return 0;
+  for (int d : {16, 32, 64, 80, 128, 256})
+    if (dh <= d) return d;
+  return 0;
+}
+
+struct Split {
+  int nsplit, tiles_per_split;
+};
+
+Split choose_split(const AttentionArgs& a, int num_sms, int force_splits) {
+  const int G = a.Hq / a.Hkv, R = a.Tq * G;
+  const int row_tiles = (R + kBR - 1) / kBR;
+  const int base = row_tiles * a.S * a.Hkv;
+  const int ntiles = (a.Tk + kBK - 1) / kBK;
+  if (ntiles == 0) return {1, 0};
+  int ns = 1;
+  if (force_splits > 0)
+    ns = force_splits;
+  else if (2 * base < num_sms)
+    ns = (num_sms + base - 1) / base;
+  ns = std::max(1, std::min(ns, ntiles));
+  const int per = (ntiles + ns - 1) / ns;
+  ns = (ntiles + per - 1) / per;  // no empty splits
+  return {ns, per};
+}
+
+template <int DHP>
+void launch_fast(const FastParams& p, int row_tiles, cudaStream_t s) {
+  const size_t smem = sizeof(Smem<DHP>);
+  static bool attr_set = false;
+  if (!attr_set) {
+    CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<DHP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attr_set = true;
+  }
+  dim3 grid(row_tiles, p.S * p.Hkv, p.nsplit);
+  attention_kernel<DHP><<<grid, kWarps * 32, smem, s>>>(p);
+  CUDA_CHECK_LAUNCH();
+  if (p.nsplit > 1) {
+    merge_kernel<DHP><<<dim3(p.R, p.S * p.Hkv), 128, 0, s>>>(p);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+// ---- the simple kernel: one warp per (sequence, query, head), three passes over the keys ----
+constexpr int kRefMaxDh = 512;
+
+__device__ float ref_score(const AttentionArgs& a, int s, int tq, int h, int j) {
+  const int kvh = h / (a.Hq / a.Hkv);
+  const bf16* q = static_cast<const bf16*>(a.q) + (((int64_t)s * a.Tq + tq) * a.Hq + h) * a.Dh;
+  const bf16* k = static_cast<const bf16*>(a.k) + (((int64_t)s * a.Tk + j) * a.Hkv + kvh) * a.Dh;
+  float d = 0.f;
+  for (int c = threadIdx.x & 31; c < a.Dh; c += 32) d += __bfloat162float(q[c]) * __bfloat162float(k[c]);
+  return warp_sum(d) * a.scale;
+}
+
+__global__ void attention_reference_kernel(const AttentionArgs a) {
+  const int warps = blockDim.x / 32;
+  const int64_t idx = (int64_t)blockIdx.x * warps + threadIdx.x / 32;  // (s, tq, h)
+  if (idx >= (int64_t)a.S * a.Tq * a.Hq) return;
+  const int h = idx % a.Hq, tq = (idx / a.Hq) % a.Tq, s = idx / ((int64_t)a.Hq * a.Tq);
+  const int kvh = h / (a.Hq / a.Hkv), lane = threadIdx.x & 31;
+  const int qb = a.q_block ? a.q_block[(int64_t)s * a.Tq + tq] : 0;
+  auto visible = [&](int j) { return !a.q_block || a.k_block[(int64_t)s * a.Tk + j] <= qb; };
+  float mx = -INFINITY;
+  for (int j = 0; j < a.Tk; ++j)
+    if (visible(j)) mx = fmaxf(mx, ref_score(a, s, tq, h, j));
+  float l = 0.f;
+  for (int j = 0; j < a.Tk; ++j)
+    if (visible(j)) l += expf(ref_score(a, s, tq, h, j) - mx);
+  float acc[kRefMaxDh / 32];
+  for (int i = 0; i < kRefMaxDh / 32; ++i) acc[i] = 0.f;
+  if (l > 0.f) {
+    for (int j = 0; j < a.Tk; ++j) {
+      if (!visible(j)) continue;
+      const float pr = __bfloat162float(__float2bfloat16(expf(ref_score(a, s, tq, h, j) - mx) / l));
+      const bf16* v = static_cast<const bf16*>(a.v) + (((int64_t)s * a.Tk + j) * a.Hkv + kvh) * a.Dh;
+#pragma unroll
+      for (int i = 0; i < kRefMaxDh / 32; ++i) {
+        const int c = lane + 32 * i;
+        if (c < a.Dh) acc[i] += pr * __bfloat162float(v[c]);
+      }
+    }
+  }
+  bf16* o = static_cast<bf16*>(a.out) + (((int64_t)s * a.Tq + tq) * a.Hq + h) * a.Dh;
+#pragma unroll
+  for (int i = 0; i < kRefMaxDh / 32; ++i) {
+    const int c = lane + 32 * i;
+    if (c < a.Dh) o[c] = __float2bfloat16(acc[i]);
+  }
+}
+
+}  // namespace
+
+int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force_splits) {
+  const int dhp = padded_head_dim(a.Dh);
+  if (!dhp) return 0;
+  const Split sp = choose_split(a, num_sms, force_splits);
+  if (sp.nsplit == 1) return 0;
+  const int64_t R = (int64_t)a.Tq * (a.Hq / a.Hkv);
+  return (int64_t)a.S * a.Hkv * sp.nsplit * R * (dhp + 2) * 4;
+}
+
+bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num_sms, cudaStream_t s,
+                    int force_splits) {
+  const int dhp = padded_head_dim(a.Dh);
+  if (!dhp || a.Hq % a.Hkv != 0 || a.Tq == 0 || a.S == 0) return false;
+  if (reinterpret_cast<uintptr_t>(a.q) % 16 || reinterpret_cast<uintptr_t>(a.k) % 16 ||
+      reinterpret_cast<uintptr_t>(a.v) % 16 || reinterpret_cast<uintptr_t>(a.out) % 4)
+    return false;
+  const int64_t need = attention_workspace_bytes(a, num_sms, force_splits);
+  if (need > ws_bytes) return false;
+  FastParams p;
+  p.q = static_cast<const bf16*>(a.q);
+  p.k = static_cast<const bf16*>(a.k);
+  p.v = static_cast<const bf16*>(a.v);
+  p.out = static_cast<bf16*>(a.out);
+  p.q_block = a.q_block;
+  p.k_block = a.k_block;
+  p.S = a.S;
+  p.Tq = a.Tq;
+  p.Tk = a.Tk;
+  p.Hq = a.Hq;
+  p.Hkv = a.Hkv;
+  p.dh = a.Dh;
+  p.G = a.Hq / a.Hkv;
+  p.R = a.Tq * p.G;
+  const Split sp = choose_split(a, num_sms, force_splits);
+  p.nsplit = sp.nsplit;
+  p.tiles_per_split = sp.tiles_per_split;
+  p.ws_o = ws;
+  p.ws_ml = ws ? ws + (int64_t)a.S * a.Hkv * sp.nsplit * p.R * dhp : nullptr;
+  p.scale_log2 = a.scale * kLog2e;
+  const int row_tiles = (p.R + kBR - 1) / kBR;
+  if (a.Tk == 0) p.nsplit = 1, p.tiles_per_split = 0;
+  switch (dhp) {
+    case 16: launch_fast<16>(p, row_tiles, s); break;
+    case 32: launch_fast<32>(p, row_tiles, s); break;
+    case 64: launch_fast<64>(p, row_tiles, s); break;
+    case 80: launch_fast<80>(p, row_tiles, s); break;
+    case 128: launch_fast<128>(p, row_tiles, s); break;
+    case 256: launch_fast<256>(p, row_tiles, s); break;
+    default: return false;
+  }
+  return true;
+}
+
+void attention_reference(const AttentionArgs& a, cudaStream_t s) {
+  PIRT_CHECK(a.Dh <= kRefMaxDh, "attention: head_dim %d > %d", a.Dh, kRefMaxDh);
+  const int64_t rows = (int64_t)a.S * a.Tq * a.Hq;
+  if (rows == 0) return;
+  const int warps = 4;
+  attention_reference_kernel<<<blocks_for(rows, warps), warps * 32, 0, s>>>(a);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace pirt::cuda

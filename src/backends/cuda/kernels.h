@@ -1,0 +1,95 @@
+// Launchers of the CUDA backend's kernels: plain C++ declarations over raw device pointers, so that
+// cuda_backend.cc (which unpacks Tensors and checks shapes) needs no device code. Every launcher
+// issues its work on `s` and returns at once. Element types are pirt DTypes; the float kernels take
+// F32 or BF16 for each tensor independently and compute in fp32.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "ops/ops.h"
+
+namespace pirt::cuda {
+
+// ---- elementwise and row kernels (elementwise.cu) ----
+void convert(const void* src, DType st, void* dst, DType dt, int64_t n, cudaStream_t s);
+void rms_norm(const void* x, DType xt, const void* w, DType wt, void* out, DType ot, int64_t rows,
+              int64_t dim, float eps, cudaStream_t s);
+// mod rows [3*dim] = scale | shift | gate; mod_stride 0 broadcasts one row to every row of x.
+void ada_rms_norm(const void* x, DType xt, const void* mod, DType mt, int64_t mod_stride, void* out,
+                  DType ot, int64_t rows, int64_t dim, float eps, cudaStream_t s);
+void layer_norm(const void* x, DType xt, const void* w, DType wt, const void* b, DType bt, void* out,
+                DType ot, int64_t rows, int64_t dim, float eps, cudaStream_t s);
+// h[r, :] += y[r, :] * gate[r * gate_stride + :]
+void gated_residual(void* h, DType ht, const void* y, DType yt, const void* gate, DType gt,
+                    int64_t gate_stride, int64_t rows, int64_t dim, cudaStream_t s);
+void geglu(const void* gu, DType gt, void* out, DType ot, int64_t rows, int64_t f, cudaStream_t s);
+void silu(const void* x, DType xt, void* out, DType ot, int64_t n, cudaStream_t s);
+// out[r] = [a[r] | b[b_rows == 1 ? 0 : r]]
+void concat_cols(const void* a, DType at, const void* b, DType bt, int64_t b_rows, void* out,
+                 DType ot, int64_t rows, int64_t k1, int64_t k2, cudaStream_t s);
+void axpy(float* x, const void* v, DType vt, float dt, int64_t n, cudaStream_t s);
+void embed(const int32_t* ids, const void* table, DType tt, float scale, void* out, DType ot,
+           int64_t tokens, int64_t dim, cudaStream_t s);
+void qkv_rope(const void* qkv, DType qkvt, const int32_t* positions, int64_t tokens, int heads,
+              int kv_heads, int head_dim, void* q, DType qt, void* k, DType kt, void* v, DType vt,
+              cudaStream_t s);
+// col[n*T + t, c*p*p + ky*p + kx] = images[n, py*p + ky, px*p + kx, c] (F32, NHWC), T = (size/p)^2.
+void im2col_patches(const float* images, int64_t n, int64_t size, int64_t patch, float* col,
+                    cudaStream_t s);
+// out[r, c] = acc[r, c] + b[c] + pos[r % tokens, c]
+void add_bias_pos(const float* acc, const void* b, DType bt, const void* pos, DType pt, void* out,
+                  DType ot, int64_t rows, int64_t tokens, int64_t width, cudaStream_t s);
+
+// ---- GEMM helpers (gemm.cu) ----
+// out[m, n] = ep(acc[m, n] + bias[n]) + residual[m, n]; bias / residual may be null.
+void linear_epilogue(const float* acc, const void* bias, DType bt, Epilogue ep, const void* residual,
+                     DType rt, void* out, DType ot, int64_t m, int64_t n, cudaStream_t s);
+// A plain tiled GEMM for any float dtypes (the fallback where cuBLASLt has no kernel):
+// acc[m, n] = sum_k x[m, k] * w[n, k] in fp32.
+void simple_gemm(const void* x, DType xt, const void* w, DType wt, float* acc, int64_t m, int64_t n,
+                 int64_t k, cudaStream_t s);
+
+// The weight-streaming bf16 GEMM for m <= 64 (gemm_small.cu). x[m, k], w[n, k] bf16, row-major,
+// 16-byte aligned, k % 8 == 0. Split-K over blocks; the last block of each row tile reduces the
+// fp32 partials in `ws` and applies the epilogue. `counters` (one int per row tile, zero on entry)
+// are left zero. Returns false (and launches nothing) where the shape is not supported.
+struct SmallGemmPlan {
+  int mt = 0;        // m tiles of 8 (1..8)
+  int cw = 2;        // k chunks of 32 per warp
+  int wk = 4;        // warps along k (8 / wk along n)
+  int splits = 1;    // blocks along k
+  int64_t ws_bytes = 0;
+  int row_tiles = 0;
+};
+SmallGemmPlan small_gemm_plan(int64_t m, int64_t n, int64_t k, int num_sms, int force_cw = 0,
+                              int force_wk = 0);
+bool small_gemm_supported(int64_t m, int64_t n, int64_t k);
+void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const void* bias, DType bt,
+                Epilogue ep, const void* residual, DType rt, void* out, DType ot, int64_t m,
+                int64_t n, int64_t k, float* ws, int* counters, cudaStream_t s);
+
+// ---- attention (attention.cu) ----
+struct AttentionArgs {
+  const void* q;  // [S, Tq, Hq, Dh] bf16
+  const void* k;  // [S, Tk, Hkv, Dh] bf16
+  const void* v;
+  void* out;  // [S, Tq, Hq, Dh] bf16
+  const int32_t* q_block = nullptr;  // [S, Tq] or null (no mask)
+  const int32_t* k_block = nullptr;  // [S, Tk]
+  int S, Tq, Tk, Hq, Hkv, Dh;
+  float scale;
+};
+// Workspace bytes the fast kernel needs for these sizes (split keys: partial outputs and stats).
+int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force_splits = 0);
+// The flash-style kernel (head dims 16..256, multiple of 8): query heads that share a KV head are
+// packed into one tile, keys split across blocks when there are few query tiles, then merged.
+// Returns false where the shape is not supported (then call attention_reference).
+bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num_sms,
+                    cudaStream_t s, int force_splits = 0);
+// One warp per query row, any head dim: slow but simple.
+void attention_reference(const AttentionArgs& a, cudaStream_t s);
+
+}  // namespace pirt::cuda
