@@ -28,7 +28,7 @@ done
 sync
 /usr/bin/time -f "process start to actions written: %e s (max RSS %M KB)" \
   $B infer --device cuda --model /tmp/pi0 --inputs /tmp/in3.safetensors --out /tmp/a3_cuda.safetensors
-for cams in 3 2; do
+for cams in ${REF_CAMERAS:-3}; do
   [ $cams = 2 ] && $B infer --device cuda --model /tmp/pi0 --inputs /tmp/in2.safetensors --out /tmp/a2_cuda.safetensors
   py tests/reference/pi0_reference.py --model /tmp/pi0 --inputs /tmp/in$cams.safetensors --out /tmp/a${cams}_ref.safetensors --device cuda
   echo -n "pi0 $cams cameras: "; py bench/compare_actions.py /tmp/a${cams}_ref.safetensors /tmp/a${cams}_cuda.safetensors
