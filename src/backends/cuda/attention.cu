@@ -46,8 +46,8 @@ template <int DHP>
 struct Smem {
   static constexpr int kStride = DHP + 8;  // bf16 elements a row: 16-byte pad, conflict-free ldmatrix
   bf16 q[kBR * kStride];
-  bf16 k[2][kBK * kStride];
-  bf16 v[2][kBK * kStride];
+  bf16 k[kBK * kStride];
+  bf16 v[kBK * kStride];
   int kb[2][kBK];
 };
 
@@ -57,25 +57,28 @@ __device__ __forceinline__ int64_t q_offset(const FastParams& p, int s, int kvh,
   return (((int64_t)s * p.Tq + t) * p.Hq + kvh * p.G + g) * p.dh;
 }
 
-template <int DHP>
-__device__ __forceinline__ void load_kv_tile(const FastParams& p, Smem<DHP>& sm, int buf, int s, int kvh,
-                                             int key0, int key_end) {
+// K rows of one tile (and its mask blocks into kb[buf]), or V rows: zeros past the key range and dh.
+template <int DHP, bool IsK>
+__device__ __forceinline__ void load_tile(const FastParams& p, Smem<DHP>& sm, int buf, int s, int kvh, int key0,
+                                          int key_end) {
   constexpr int chunks = DHP / 8;
+  bf16* dst = IsK ? sm.k : sm.v;
+  const bf16* src = IsK ? p.k : p.v;
   for (int i = threadIdx.x; i < kBK * chunks; i += kWarps * 32) {
     const int kr = i / chunks, c = i % chunks, key = key0 + kr;
     const bool ok = key < key_end && c * 8 < p.dh;
     const int64_t off = (((int64_t)s * p.Tk + (ok ? key : 0)) * p.Hkv + kvh) * p.dh + (ok ? c * 8 : 0);
-    cp_async16(&sm.k[buf][kr * Smem<DHP>::kStride + c * 8], p.k + off, ok ? 16 : 0);
-    cp_async16(&sm.v[buf][kr * Smem<DHP>::kStride + c * 8], p.v + off, ok ? 16 : 0);
+    cp_async16(&dst[kr * Smem<DHP>::kStride + c * 8], src + off, ok ? 16 : 0);
   }
-  for (int kr = threadIdx.x; kr < kBK; kr += kWarps * 32) {
-    const int key = key0 + kr;
-    sm.kb[buf][kr] = key < key_end ? (p.k_block ? p.k_block[(int64_t)s * p.Tk + key] : 0) : kMaskedKey;
-  }
+  if (IsK)
+    for (int kr = threadIdx.x; kr < kBK; kr += kWarps * 32) {
+      const int key = key0 + kr;
+      sm.kb[buf][kr] = key < key_end ? (p.k_block ? p.k_block[(int64_t)s * p.Tk + key] : 0) : kMaskedKey;
+    }
 }
 
 template <int DHP>
-__global__ void __launch_bounds__(kWarps * 32, 1) attention_kernel(const FastParams p) {
+__global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastParams p) {
   constexpr int NT_O = DHP / 8;   // output column tiles
   constexpr int KS = DHP / 16;    // k-steps of Q.K^T
   constexpr int ST = Smem<DHP>::kStride;
@@ -103,7 +106,12 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attention_kernel(const FastPar
       cp_async16(&sm.q[r * ST + c * 8], p.q + off, ok ? 16 : 0);
     }
   }
-  if (tile_begin < tile_end) load_kv_tile<DHP>(p, sm, 0, s, kvh, tile_begin * kBK, key_end);
+  // Single K and V buffers, loads staggered: K(i+1) streams in during softmax and P.V of tile i,
+  // V(i+1) during Q.K^T of tile i+1 (two blocks fit an SM at head_dim 256). Groups: {Q, K0}, {V0},
+  // then per tile {K(i+1)}, {V(i+1)}; a wait for "all but the newest group" finds the one needed.
+  if (tile_begin < tile_end) load_tile<DHP, true>(p, sm, 0, s, kvh, tile_begin * kBK, key_end);
+  cp_async_commit();
+  if (tile_begin < tile_end) load_tile<DHP, false>(p, sm, 0, s, kvh, tile_begin * kBK, key_end);
   cp_async_commit();
 
   // Per-thread rows: g and g + 8 of this warp's 16.
@@ -125,10 +133,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attention_kernel(const FastPar
 
   for (int tile = tile_begin; tile < tile_end; ++tile) {
     const int buf = (tile - tile_begin) & 1;
-    cp_async_wait<0>();
+    cp_async_wait<1>();  // K(tile) (and Q)
     __syncthreads();
-    if (tile + 1 < tile_end) load_kv_tile<DHP>(p, sm, buf ^ 1, s, kvh, (tile + 1) * kBK, key_end);
-    cp_async_commit();
 
     // S = Q K^T for this warp's 16 rows x 64 keys.
     float sc[kBK / 8][4];
@@ -136,7 +142,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attention_kernel(const FastPar
     for (int i = 0; i < kBK / 8; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) sc[i][e] = 0.f;
-    const bf16* kt = sm.k[buf];
+    const bf16* kt = sm.k;
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
       uint32_t a0, a1, a2, a3;
@@ -150,6 +156,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attention_kernel(const FastPar
         mma_bf16_16816(sc[2 * np + 1], a0, a1, a2, a3, b2, b3);
       }
     }
+
+    __syncthreads();  // every warp is done with K(tile)
+    if (tile + 1 < tile_end) load_tile<DHP, true>(p, sm, buf ^ 1, s, kvh, (tile + 1) * kBK, key_end);
+    cp_async_commit();
 
     // Mask, scale, online softmax.
     const int* kb = sm.kb[buf];
@@ -199,7 +209,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attention_kernel(const FastPar
     }
 
     // O += P V: P from registers (the S accumulator layout is the A fragment layout), V^T by ldmatrix.trans.
-    const bf16* vt = sm.v[buf];
+    cp_async_wait<1>();  // V(tile)
+    __syncthreads();
+    const bf16* vt = sm.v;
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) {
       const uint32_t a0 = pa[2 * kk][0], a1 = pa[2 * kk][1], a2 = pa[2 * kk + 1][0], a3 = pa[2 * kk + 1][1];
@@ -212,6 +224,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attention_kernel(const FastPar
         mma_bf16_16816(o[2 * np + 1], a0, a1, a2, a3, b2, b3);
       }
     }
+    __syncthreads();  // every warp is done with V(tile)
+    if (tile + 1 < tile_end) load_tile<DHP, false>(p, sm, 0, s, kvh, (tile + 1) * kBK, key_end);
+    cp_async_commit();
   }
   cp_async_wait<0>();
 
@@ -242,29 +257,44 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attention_kernel(const FastPar
   }
 }
 
-// One block per (packed row, sequence x KV head): combine the splits' partial outputs.
+// One block per (packed row, sequence x KV head): combine the splits' partial outputs. The first warp
+// turns the splits' (max, sum) into weights; then every split's column is loaded at once.
+constexpr int kMaxSplits = 64;
+
 template <int DHP>
 __global__ void merge_kernel(const FastParams p) {
+  __shared__ float wgt[kMaxSplits];
   const int row = blockIdx.x, bh = blockIdx.y, s = bh / p.Hkv, kvh = bh % p.Hkv;
-  float mx = -INFINITY;
-  for (int sp = 0; sp < p.nsplit; ++sp)
-    mx = fmaxf(mx, p.ws_ml[(((int64_t)bh * p.nsplit + sp) * p.R + row) * 2]);
-  const float m_use = mx == -INFINITY ? 0.f : mx;
-  float l = 0.f;
-  for (int sp = 0; sp < p.nsplit; ++sp) {
-    const float2 ml = *reinterpret_cast<const float2*>(p.ws_ml + (((int64_t)bh * p.nsplit + sp) * p.R + row) * 2);
-    l += ml.y * exp2f(ml.x - m_use);
+  const int64_t base0 = (int64_t)bh * p.nsplit * p.R + row;  // + split * R
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float m[2], l[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int sp = lane + 32 * h;
+      m[h] = -INFINITY;
+      l[h] = 0.f;
+      if (sp < p.nsplit) {
+        const float2 ml = *reinterpret_cast<const float2*>(p.ws_ml + (base0 + (int64_t)sp * p.R) * 2);
+        m[h] = ml.x;
+        l[h] = ml.y;
+      }
+    }
+    const float mx = warp_max(fmaxf(m[0], m[1]));
+    const float m_use = mx == -INFINITY ? 0.f : mx;
+    const float w0 = exp2f(m[0] - m_use), w1 = exp2f(m[1] - m_use);
+    const float total = warp_sum(l[0] * w0 + l[1] * w1);
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    if (lane < p.nsplit) wgt[lane] = w0 * inv;
+    if (lane + 32 < p.nsplit) wgt[lane + 32] = w1 * inv;
   }
-  const float inv = l > 0.f ? 1.f / l : 0.f;
+  __syncthreads();
   bf16* dst = p.out + q_offset(p, s, kvh, row);
   for (int c = threadIdx.x; c < p.dh; c += blockDim.x) {
     float acc = 0.f;
-    for (int sp = 0; sp < p.nsplit; ++sp) {
-      const int64_t base = ((int64_t)bh * p.nsplit + sp) * p.R + row;
-      const float w = exp2f(p.ws_ml[base * 2] - m_use);
-      acc += w * p.ws_o[base * DHP + c];
-    }
-    dst[c] = __float2bfloat16(acc * inv);
+#pragma unroll 8
+    for (int sp = 0; sp < p.nsplit; ++sp) acc += wgt[sp] * p.ws_o[(base0 + (int64_t)sp * p.R) * DHP + c];
+    dst[c] = __float2bfloat16(acc);
   }
 }
 
@@ -289,8 +319,8 @@ Split choose_split(const AttentionArgs& a, int num_sms, int force_splits) {
   if (force_splits > 0)
     ns = force_splits;
   else if (2 * base < num_sms)
-    ns = (num_sms + base - 1) / base;
-  ns = std::max(1, std::min(ns, ntiles));
+    ns = (2 * num_sms + base - 1) / base;  // about two blocks an SM
+  ns = std::max(1, std::min({ns, ntiles, kMaxSplits}));
   const int per = (ntiles + ns - 1) / ns;
   ns = (ntiles + per - 1) / per;  // no empty splits
   return {ns, per};

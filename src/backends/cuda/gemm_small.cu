@@ -84,17 +84,18 @@ __global__ void __launch_bounds__(kThreads, CW >= 4 ? 1 : 2) small_gemm_kernel(c
       }
     }
 
-  // 2. x[0:MP, k_block : k_block + kb] into shared memory (zeros past m and k). Rows are padded by
-  // 64 bytes so that the 8 rows a quarter-warp reads fall in different banks.
+  // 2. x[0:MP, k_block : k_block + kb] into shared memory (zeros past m and k), all copies in flight
+  // at once. Rows are padded by 64 bytes so that the 8 rows a quarter-warp reads fall in different banks.
   const int xstride = kb + 32;
   bf16* xs = reinterpret_cast<bf16*>(smem);
   const int row_chunks = kb / 8;
   for (int i = tid; i < MP * row_chunks; i += kThreads) {
     const int m = i / row_chunks, c8 = (i % row_chunks) * 8, kg = k_block + c8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (m < p.M && kg < p.K) v = *reinterpret_cast<const uint4*>(p.x + (int64_t)m * p.K + kg);
-    *reinterpret_cast<uint4*>(xs + m * xstride + c8) = v;
+    const bool ok = m < p.M && kg < p.K;
+    cp_async16(xs + m * xstride + c8, ok ? p.x + (int64_t)m * p.K + kg : p.x, ok ? 16 : 0);
   }
+  cp_async_commit();
+  cp_async_wait<0>();
   __syncthreads();
 
   // 3. The products: per 32-k chunk and m tile, one 16-byte B load serves both row tiles.
@@ -147,12 +148,17 @@ __global__ void __launch_bounds__(kThreads, CW >= 4 ? 1 : 2) small_gemm_kernel(c
     }
     return;
   }
-  float* part = p.ws + (int64_t)(split * gridDim.x + tile) * MP * rows_b;
-  for (int i = tid; i < outs; i += kThreads) {
-    const int m = i / rows_b, r = i % rows_b;
-    float v = 0.f;
-    for (int w = 0; w < wk; ++w) v += red[(w * rows_b + r) * rstride + m];
-    __stcg(&part[m * rows_b + r], v);
+  // Partials: ws[split][tile][m][rows_b], written as float4 along the rows.
+  const int q4 = rows_b / 4, outs4 = p.M * q4;
+  const int64_t split_stride = (int64_t)gridDim.x * MP * rows_b;
+  float* part = p.ws + split * split_stride + (int64_t)tile * MP * rows_b;
+  for (int i = tid; i < outs4; i += kThreads) {
+    const int m = i / q4, r = (i % q4) * 4;
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int w = 0; w < wk; ++w)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] += red[(w * rows_b + r + e) * rstride + m];
+    __stcg(reinterpret_cast<float4*>(part + m * rows_b + r), make_float4(v[0], v[1], v[2], v[3]));
   }
   __threadfence();
   __syncthreads();
@@ -161,13 +167,22 @@ __global__ void __launch_bounds__(kThreads, CW >= 4 ? 1 : 2) small_gemm_kernel(c
   if (!s_last) return;
   __threadfence();
 
-  // 6. The last block of this row tile: add the partials in split order, then the epilogue.
-  for (int i = tid; i < outs; i += kThreads) {
-    const int m = i / rows_b, r = i % rows_b, n = n_block + r;
-    if (n >= p.N) continue;
-    float v = 0.f;
-    for (int s = 0; s < p.splits; ++s) v += __ldcg(p.ws + ((int64_t)(s * gridDim.x + tile) * MP + m) * rows_b + r);
-    epilogue_store(p, m, n, v);
+  // 6. The last block of this row tile: add the partials in split order (loads of all splits in
+  // flight together), then the epilogue.
+  const float* mine = p.ws + (int64_t)tile * MP * rows_b;
+  for (int i = tid; i < outs4; i += kThreads) {
+    const int m = i / q4, r = (i % q4) * 4;
+    const float* src = mine + m * rows_b + r;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int s = 0; s < p.splits; ++s) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + s * split_stride));
+      acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+    }
+    const float a[4] = {acc.x, acc.y, acc.z, acc.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (n_block + r + e < p.N) epilogue_store(p, m, n_block + r + e, a[e]);
   }
   if (tid == 0) p.counters[tile] = 0;
 }

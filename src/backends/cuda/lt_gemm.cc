@@ -84,6 +84,11 @@ LtGemm::Plan& LtGemm::plan(const Call& c) {
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
                                                     sizeof(workspace_bytes_)));
+  // Split-K only with fp32 partials: the INPLACE and OUTPUT_TYPE schemes add the parts in the
+  // output type (bf16), which loses bits and, with C = residual, cancels small results to 0.
+  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
+                                                    sizeof(schemes)));
   const uint32_t al_a = alignment(c.w), al_b = alignment(c.x), al_d = alignment(c.out);
   const uint32_t al_c = c.residual ? alignment(c.residual) : al_d;
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, 4));

@@ -56,10 +56,11 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// A 16-byte load of data read once (weights): not kept in L1.
+// A 16-byte load of data read once (weights): not kept in L1. volatile keeps the loads where they
+// are written (issued before the x tile is staged), not sunk to their first use.
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
   uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
