@@ -35,6 +35,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const EngineOpt
     CudaOptions co;
     co.graphs = opt.graphs;
     co.own_small_gemm = opt.own_small_gemm;
+    co.tuning_file = opt.tuning_file;
     return make_cuda_backend(co);
   }
   if (device == "cuda") throw_error("--device cuda: no CUDA device is present");

@@ -17,7 +17,6 @@
 #include "pirt/engine.h"
 
 namespace pirt {
-namespace {
 
 EngineOptions engine_options(const Args& a) {
   EngineOptions o;
@@ -26,6 +25,7 @@ EngineOptions engine_options(const Args& a) {
   o.fuse_projections = !a.flag("--no-fuse");
   o.graphs = !a.flag("--no-graphs");
   o.own_small_gemm = !a.flag("--no-small-gemm");
+  o.tuning_file = a.str("--tuning");
   return o;
 }
 
@@ -34,8 +34,11 @@ const char* kEngineFlagsHelp =
     "  --no-drop-padding        compute absent cameras and padding tokens instead of dropping them\n"
     "  --no-fuse                separate Q/K/V and gate/up projections\n"
     "  --no-graphs              issue every kernel instead of replaying one CUDA graph per shape\n"
-    "  --no-small-gemm          cuBLASLt for the action steps' small-M GEMMs\n";
+    "  --no-small-gemm          cuBLASLt for the action steps' small-M GEMMs\n"
+    "  --tuning FILE|none       GEMM algorithms per shape (pirt tune); default: bench/tuning/ for this GPU\n";
 const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm"};
+
+namespace {
 
 std::set<std::string> with(std::set<std::string> a, const std::set<std::string>& b) {
   a.insert(b.begin(), b.end());
@@ -49,6 +52,8 @@ double percentile(std::vector<double> v, double q) {
   const size_t hi = std::min(lo + 1, v.size() - 1);
   return v[lo] + (v[hi] - v[lo]) * (pos - lo);
 }
+
+}  // namespace
 
 // Synthetic model inputs of the given shape: `cameras` present, the rest absent; `prompt_len`
 // valid tokens padded to the model's max_token_len.
@@ -86,12 +91,10 @@ std::unique_ptr<Engine> load_model(const std::string& model, const EngineOptions
   return Engine::load(model, opt);
 }
 
-}  // namespace
-
 int cmd_bench(int argc, char** argv) {
   const Args a(argc, argv,
                {"--model", "--device", "--cameras", "--absent", "--prompt-len", "--horizon", "--steps", "--batch",
-                "--iters", "--warmup", "--json", "--seed", "--check"},
+                "--iters", "--warmup", "--json", "--seed", "--check", "--tuning"},
                kEngineFlags);
   if (a.help()) {
     std::printf(
@@ -207,7 +210,8 @@ int cmd_bench(int argc, char** argv) {
 }
 
 int cmd_infer(int argc, char** argv) {
-  const Args a(argc, argv, {"--model", "--inputs", "--out", "--device", "--steps", "--seed"}, kEngineFlags);
+  const Args a(argc, argv, {"--model", "--inputs", "--out", "--device", "--steps", "--seed", "--tuning"},
+               kEngineFlags);
   if (a.help()) {
     std::printf(
         "usage: pirt infer --model DIR --inputs FILE --out FILE [options]\n"

@@ -20,6 +20,8 @@ const char* kUsage =
     "  infer            run sample_actions on a model-level inputs file\n"
     "  make-checkpoint  write random weights in openpi's layout\n"
     "  make-inputs      write synthetic model-level inputs (what bench uses) for infer and the reference\n"
+    "  profile          one call's time by stage and by kernel (CUPTI), and a Chrome trace\n"
+    "  tune             time the GEMM algorithms of every shape a call runs and write a tuning table\n"
     "  serve            serve a checkpoint over openpi's websocket protocol\n"
     "  policy-infer     run one openpi request (msgpack) through the policy, without the network\n"
     "\n"
@@ -38,6 +40,8 @@ int main(int argc, char** argv) {
     if (cmd == "infer") return pirt::cmd_infer(argc - 2, argv + 2);
     if (cmd == "make-checkpoint") return pirt::cmd_make_checkpoint(argc - 2, argv + 2);
     if (cmd == "make-inputs") return pirt::cmd_make_inputs(argc - 2, argv + 2);
+    if (cmd == "profile") return pirt::cmd_profile(argc - 2, argv + 2);
+    if (cmd == "tune") return pirt::cmd_tune(argc - 2, argv + 2);
 #ifdef PIRT_HAVE_SERVE
     if (cmd == "serve") return pirt::serve_main(argc - 2, argv + 2);
     if (cmd == "policy-infer") return pirt::policy_infer_main(argc - 2, argv + 2);

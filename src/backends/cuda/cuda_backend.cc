@@ -12,6 +12,8 @@
 #include "backends/cuda/cuda_check.h"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/lt_gemm.h"
+#include "backends/cuda/profiler.h"
+#include "backends/cuda/tuning.h"
 #include "core/bf16.h"
 
 namespace pirt {
@@ -51,6 +53,8 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     lt_ws_ = raw_alloc(kLtWorkspace);
     lt_ = std::make_unique<LtGemm>(lt_ws_, kLtWorkspace);
+    tuning_ = load_gpu_tuning(opt.tuning_file, prop.name);
+    lt_->set_tuning(tuning_.get());
     small_ws_ = static_cast<float*>(raw_alloc(kSmallGemmWorkspace));
     attn_ws_ = static_cast<float*>(raw_alloc(kAttentionWorkspace));
     counters_ = static_cast<int*>(raw_alloc(kCounters * sizeof(int)));
@@ -169,6 +173,7 @@ class CudaBackend final : public Backend {
 
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
   size_t memory_peak() const override { return peak_; }
+  void stage(const std::string& name) override { profiler_stage(name); }
 
   // ---- ops ----
   void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out, Epilogue ep,
@@ -187,12 +192,20 @@ class CudaBackend final : public Backend {
     const DType bt = bias.empty() ? DType::F32 : bias.dtype;
     const void* rptr = residual.empty() ? nullptr : residual.data;
     const DType rt = residual.empty() ? out.dtype : residual.dtype;
+    // The tuned choice for this shape, if any (tuning.h): "small:" configures step 1, "lt:" skips it.
+    const GemmKey key = gemm_key(m, n, k, x.dtype, w.dtype, out.dtype, false, bptr != nullptr, bt,
+                                 ep == Epilogue::GeluTanh, rptr != nullptr, rt);
+    if (GemmShapeLog* log = gemm_shape_log()) log->add(key);
+    const TuningRow* tuned = tuning_->find(key);
+    const SmallConfig tuned_small = tuned ? small_config(tuned->algorithm) : SmallConfig{};
+    const bool tuned_lt = tuned && tuned->algorithm.kind == "lt";
 
     // 1. Few rows, bf16: the weight-streaming kernel.
-    if (opt_.own_small_gemm && x.dtype == DType::BF16 && w.dtype == DType::BF16 && small_gemm_supported(m, n, k) &&
+    if (opt_.own_small_gemm && !tuned_lt && x.dtype == DType::BF16 && w.dtype == DType::BF16 &&
+        small_gemm_supported(m, n, k) &&
         aligned16(x.data) && aligned16(w.data) && is_float(out.dtype) && out.dtype != DType::F16 &&
         bt != DType::F16 && rt != DType::F16) {
-      const SmallGemmPlan plan = small_gemm_plan(m, n, k, num_sms_);
+      const SmallGemmPlan plan = small_gemm_plan(m, n, k, num_sms_, tuned_small.cw, tuned_small.wk);
       if (plan.ws_bytes <= (int64_t)kSmallGemmWorkspace && plan.row_tiles <= kCounters) {
         small_gemm(plan, x.data, w.data, bptr, bt, ep, rptr, rt, out.data, out.dtype, m, n, k, small_ws_, counters_,
                    stream_);
@@ -433,6 +446,7 @@ class CudaBackend final : public Backend {
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<LtGemm> lt_;
+  std::shared_ptr<const TuningTable> tuning_;
   void* lt_ws_ = nullptr;
   float* small_ws_ = nullptr;
   float* attn_ws_ = nullptr;

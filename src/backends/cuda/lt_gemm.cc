@@ -1,6 +1,8 @@
 #include "backends/cuda/lt_gemm.h"
 
 #include "backends/cuda/cuda_check.h"
+#include "backends/cuda/lt_algo.h"
+#include "backends/cuda/tuning.h"
 
 namespace pirt::cuda {
 namespace {
@@ -99,9 +101,18 @@ LtGemm::Plan& LtGemm::plan(const Call& c) {
   int found = 0;
   const cublasStatus_t st =
       cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.d, pref, 1, &res, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
   p.ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
   if (p.ok) p.algo = res.algo;
+  if (tuning_) {  // a tuned algorithm for this shape (tuning.h)
+    const TuningRow* row = tuning_->find(gemm_key(c.m, c.n, c.k, c.xt, c.wt, c.ot, c.tf32, c.bias != nullptr, c.bt,
+                                                  c.ep == Epilogue::GeluTanh, c.residual != nullptr, c.ot));
+    cublasLtMatmulAlgo_t tuned;
+    if (row && find_lt_algo(handle_, p.desc, p.a, p.b, p.c, p.d, pref, workspace_bytes_, row->algorithm, &tuned)) {
+      p.algo = tuned;
+      p.ok = true;
+    }
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
   return p;
 }
 

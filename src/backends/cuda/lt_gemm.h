@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "core/dtype.h"
+#include "io/tuning_file.h"
 #include "ops/ops.h"
 
 namespace pirt::cuda {
@@ -38,6 +39,9 @@ class LtGemm {
   };
   // False where cuBLASLt has no algorithm for this combination (nothing is launched).
   bool run(const Call& c, cudaStream_t s);
+  // Per-shape algorithms (pirt tune; tuning.h). An "lt:" row for a call's key replaces the
+  // heuristic's first answer. Set before the first run(); the table must outlive this object.
+  void set_tuning(const TuningTable* t) { tuning_ = t; }
 
  private:
   struct Plan {
@@ -53,6 +57,7 @@ class LtGemm {
   void* workspace_;
   size_t workspace_bytes_;
   std::map<Key, Plan> plans_;
+  const TuningTable* tuning_ = nullptr;
 };
 
 }  // namespace pirt::cuda
