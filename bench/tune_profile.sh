@@ -3,7 +3,9 @@
 # without the tuned table, and the ablations. Logs and files under $OUT. Build here first:
 #   cmake -S . -B build-prof -G Ninja -DPIRT_CUDA=ON -DPIRT_CUDA_ARCHS=90a && ninja -C build-prof pirt
 #   mkdir -p build-prof-run/lib && cp build-prof/pirt build-prof-run/ && cp /usr/local/cuda/lib64/libcupti.so.13 build-prof-run/lib/
-# and carry build-prof-run.   bash bench/tune_profile.sh [tune|profile|bench|all]
+# and carry build-prof-run.   bash bench/tune_profile.sh [tune|profile|bench|all|verify]
+# verify: the shipped table (bench/tuning/, no --tuning flag) against bench/bkc.json, the heuristic
+# on the same machine, the ablations, and the profile with its trace.
 set -uo pipefail
 B=${PIRT:-build-prof-run/pirt}
 OUT=${OUT:-/tmp/out}
@@ -49,4 +51,26 @@ if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
     echo -n "2cam+1absent p20 ${flag:-default}: "
     $B bench --model /tmp/pi0 --cameras 2 --absent 1 --prompt-len 20 --iters 30 --tuning "$TABLE" $flag 2>&1 | tail -1
   done
+fi
+if [ "$WHAT" = verify ]; then
+  keep='tuned GEMM|^mean|check:|REGRESSION|error'
+  echo "== shipped table (no --tuning flag) vs bench/bkc.json (--model pi0: the embedded random model)"
+  $B bench --model pi0 --cameras 3 --iters 100 --check bench/bkc.json --json "$OUT/bench_3cam.json" 2>&1 | grep -E "$keep"
+  $B bench --model pi0 --cameras 2 --absent 1 --iters 100 --check bench/bkc.json --json "$OUT/bench_2cam.json" 2>&1 | grep -E "$keep"
+  $B bench --model pi0 --cameras 2 --absent 1 --prompt-len 20 --iters 100 --check bench/bkc.json 2>&1 | grep -E "$keep"
+  echo "== the heuristic (--tuning none), same machine; and without our small-M kernel"
+  for flag in "" --no-small-gemm; do
+    echo -n "3cam none ${flag}: "; $B bench --model /tmp/pi0 --cameras 3 --iters 100 --tuning none $flag 2>&1 | tail -1
+  done
+  echo -n "2cam none: "; $B bench --model /tmp/pi0 --cameras 2 --absent 1 --iters 100 --tuning none 2>&1 | tail -1
+  echo "== ablations with the shipped table (3 cameras; drop-padding: 2 cameras + 1 absent, 20-token prompt)"
+  for flag in "" --no-graphs --no-small-gemm --no-fuse; do
+    echo -n "${flag:-default}: "; $B bench --model /tmp/pi0 --cameras 3 --iters 50 $flag 2>&1 | tail -1
+  done
+  for flag in "" --no-drop-padding; do
+    echo -n "2cam+1absent p20 ${flag:-default}: "
+    $B bench --model /tmp/pi0 --cameras 2 --absent 1 --prompt-len 20 --iters 50 $flag 2>&1 | tail -1
+  done
+  echo "== profile (shipped table)"
+  $B profile --model /tmp/pi0 --trace "$OUT/trace.json" --top 20 2>&1 | tee "$OUT/profile.log"
 fi
