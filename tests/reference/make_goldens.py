@@ -1,11 +1,10 @@
 #!/usr/bin/env python3
 """Makes the golden cases the C++ tests compare against (docs/numerics.md says how).
 
-    python3 make_goldens.py --model DIR --out DIR [--device cpu|cuda] [--only CASE ...]
+    python3 make_goldens.py [--model DIR] [--out DIR] [--device cpu|cuda] [--only CASE ...]
 
---model is a folder holding the checkpoints `tiny_pi0/` and `tiny_pi05/` (tests/data once
-`pirt make-checkpoint --arch tiny` output is committed there; tests/reference/checkpoints for the
-random ones of make_random_checkpoint.py). For every case, --out/<case>/ gets:
+--model is a folder holding the checkpoints `tiny_pi0/` and `tiny_pi05/` (default tests/data, made by
+`pirt make-checkpoint`); --out defaults to tests/data/golden. For every case, --out/<case>/ gets:
 
   inputs.safetensors   the model-level inputs file of DESIGN.md (noise included)
   actions.safetensors  `actions` F32 [B, H, 32]: the reference run in float64, rounded to f32 (the
@@ -36,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pi0_reference import CAMERAS, Pi0Reference, write_safetensors  # noqa: E402
 
-# The tolerance of docs/numerics.md ("Tolerance for the fp32 CPU backend"):
+# The tolerance of docs/numerics.md ("Golden tolerance"), for the fp32 CPU backend:
 #   max |actions - golden| <= ATOL + RTOL * max |golden|   (max over the whole [B, H, 32] tensor)
 ATOL, RTOL = 1e-5, 2e-5
 

@@ -6,9 +6,9 @@
 
 DIR gets model.safetensors (openpi's tensor names, including the unused gemma_expert.lm_head that
 openpi's converter writes) and config.json with openpi's keys plus the "pirt" block (DESIGN.md), as
-src/model/config.cc:config_to_json writes it. It stands in for `pirt make-checkpoint` until that
-exists; the goldens record which checkpoint they were made with (case.json), so they can be
-remade from any checkpoint folder with make_goldens.py.
+src/model/config.cc:config_to_json writes it. It is independent of `pirt make-checkpoint` (which
+made tests/data/tiny_*): for trying the reference and compare_openpi.py on any size, e.g. the
+canonical widths at `--depth 2`, which fit this machine's memory.
 
 Scales keep activations O(1) through the network: linear weights N(0, 1/fan_in), biases N(0, 0.02^2),
 LayerNorm scales 1 + N(0, 0.1^2), RMSNorm offsets N(0, 0.1^2), token embeddings N(0, 1/width) (the
