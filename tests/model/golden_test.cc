@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -18,10 +19,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// docs/numerics.md: fp32 CPU vs fp32 torch differ only by reduction order; the measured floor
-// (fp32 vs fp64 reference) is far below these bounds.
-constexpr double kAtol = 1e-4;
-constexpr double kRtol = 1e-4;
+// docs/numerics.md ("Golden tolerance"): fp32 CPU vs the float64 reference differ by fp32
+// rounding only, measured at 1.1-4.3e-6 on these goldens; the bound is 25-95x that floor and fails
+// every golden when one bf16 rounding (time embedding, RoPE, KV cache) or erf-GELU sneaks in.
+constexpr double kAtol = 1e-5;
+constexpr double kRtol = 2e-5;
 
 std::vector<std::string> golden_cases() {
   std::vector<std::string> cases;
@@ -33,30 +35,43 @@ std::vector<std::string> golden_cases() {
   return cases;
 }
 
-class Golden : public ::testing::TestWithParam<std::string> {};
+class Golden : public ::testing::TestWithParam<std::string> {
+ protected:
+  // Runs `pirt infer` on this case and returns the actions and the reference's.
+  void infer(const std::string& device, HostTensor* got, HostTensor* want) {
+    const fs::path dir = fs::path(PIRT_TEST_DATA) / "golden" / GetParam();
+    std::ifstream f(dir / "case.json");
+    const nlohmann::json c = nlohmann::json::parse(f);
+    const int steps = c.at("steps").get<int>();
+    const fs::path model = fs::path(PIRT_TEST_DATA) / c.at("model").get<std::string>();
+    const fs::path out = fs::temp_directory_path() / ("pirt_golden_" + device + "_" + GetParam() + ".safetensors");
+    const std::string cmd = std::string(PIRT_BINARY) + " infer --device " + device + " --model " + model.string() +
+                            " --inputs " + (dir / "inputs.safetensors").string() + " --out " + out.string() +
+                            " --steps " + std::to_string(steps);
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    auto read = [](const fs::path& p) {
+      const SafetensorsFile file = SafetensorsFile::open(p.string());
+      const Tensor* t = file.find("actions");
+      if (!t) throw Error(p.string() + ": no actions");
+      HostTensor h(t->dtype, t->shape);
+      std::memcpy(h.ptr<void>(), t->data, t->nbytes());
+      return h;
+    };
+    *got = read(out);
+    *want = read(dir / "actions.safetensors");
+    fs::remove(out);
+    ASSERT_EQ(got->shape(), want->shape());
+    ASSERT_EQ(got->dtype(), DType::F32);
+  }
+};
 
 TEST_P(Golden, PirtInferMatchesTheReference) {
-  const fs::path dir = fs::path(PIRT_TEST_DATA) / "golden" / GetParam();
-  std::ifstream f(dir / "case.json");
-  const nlohmann::json c = nlohmann::json::parse(f);
-  const int steps = c.at("steps").get<int>();
-  const fs::path model = fs::path(PIRT_TEST_DATA) / c.at("model").get<std::string>();
-  const fs::path out = fs::temp_directory_path() / ("pirt_golden_" + GetParam() + ".safetensors");
-  const std::string cmd = std::string(PIRT_BINARY) + " infer --device cpu --model " + model.string() +
-                          " --inputs " + (dir / "inputs.safetensors").string() + " --out " + out.string() +
-                          " --steps " + std::to_string(steps);
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-
-  const SafetensorsFile got = SafetensorsFile::open(out.string());
-  const SafetensorsFile want = SafetensorsFile::open((dir / "actions.safetensors").string());
-  const Tensor* a = got.find("actions");
-  const Tensor* b = want.find("actions");
-  ASSERT_TRUE(a && b);
-  ASSERT_EQ(a->shape, b->shape);
+  HostTensor got, want;
+  ASSERT_NO_FATAL_FAILURE(infer("cpu", &got, &want));
   double ref_max = 0, err = 0;
   int64_t worst = 0;
-  for (int64_t i = 0; i < b->numel(); ++i) {
-    const double x = a->ptr<float>()[i], y = b->ptr<float>()[i];
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double x = got.ptr<float>()[i], y = want.ptr<float>()[i];
     ASSERT_TRUE(std::isfinite(x)) << "element " << i;
     ref_max = std::max(ref_max, std::fabs(y));
     if (std::fabs(x - y) > err) {
@@ -65,11 +80,30 @@ TEST_P(Golden, PirtInferMatchesTheReference) {
     }
   }
   const double bound = kAtol + kRtol * ref_max;
-  EXPECT_LE(err, bound) << "worst element " << worst << ": pirt " << a->ptr<float>()[worst] << ", reference "
-                        << b->ptr<float>()[worst] << " (max |ref| " << ref_max << ")";
+  EXPECT_LE(err, bound) << "worst element " << worst << ": pirt " << got.ptr<float>()[worst] << ", reference "
+                        << want.ptr<float>()[worst] << " (max |ref| " << ref_max << ")";
   std::printf("[ golden   ] %s: max abs err %.3g (bound %.3g, max |ref| %.3g)\n", GetParam().c_str(), err, bound,
               ref_max);
-  fs::remove(out);
+}
+
+// The CUDA engine in bf16 against the same fp32 goldens. docs/numerics.md: openpi's own model in
+// bf16 lands at relative L2 ~3e-3 from them; pirt measured 1.7e-3..5.5e-3 on an H100 (bench/RESULTS.md).
+constexpr double kCudaMaxRelL2 = 1e-2;
+
+TEST_P(Golden, CudaMatchesTheReferenceInBf16) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  HostTensor got, want;
+  ASSERT_NO_FATAL_FAILURE(infer("cuda", &got, &want));
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double x = got.ptr<float>()[i], y = want.ptr<float>()[i];
+    ASSERT_TRUE(std::isfinite(x)) << "element " << i;
+    num += (x - y) * (x - y);
+    den += y * y;
+  }
+  const double rel = std::sqrt(num / den);
+  EXPECT_LE(rel, kCudaMaxRelL2);
+  std::printf("[ golden   ] %s on cuda: relative L2 %.3g (bound %.3g)\n", GetParam().c_str(), rel, kCudaMaxRelL2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, Golden, ::testing::ValuesIn(golden_cases()),
