@@ -20,6 +20,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
@@ -237,20 +238,25 @@ void bench_attention(cudaStream_t s, float* ws, int64_t ws_bytes, int sms, bool 
     const int calls = 20;
     std::vector<int> splits = {0};
     if (!quick) splits.insert(splits.end(), {1, 2, 4, 7, 14});
+    for (int cl = 1; cl >= 0; --cl)
     for (int f : splits) {
-      if (attention_workspace_bytes(a, sms, f) > ws_bytes) continue;
+      if (!cl && f != 0 && f != 7 && f != 14) continue;
+      if (attention_workspace_bytes(a, sms, f, cl) > ws_bytes) continue;
       CUDA_CHECK(cudaMemsetAsync(o1, 0xff, nq * 2, s));
-      if (!attention_fast(a, ws, ws_bytes, sms, s, f)) {
+      if (!attention_fast(a, ws, ws_bytes, sms, s, f, cl)) {
         std::printf("  fast kernel does not take this shape\n");
         break;
       }
       CUDA_CHECK(cudaStreamSynchronize(s));
       const double diff = max_rel_diff(o1, o2, nq);
       const double t = time_graph(s, calls, [&] {
-        for (int i = 0; i < calls; ++i) attention_fast(a, ws, ws_bytes, sms, s, f);
+        for (int i = 0; i < calls; ++i) attention_fast(a, ws, ws_bytes, sms, s, f, cl);
       });
       char kname[32];
-      std::snprintf(kname, sizeof kname, f ? "flash split=%d" : "flash (auto)", f);
+      if (f)
+        std::snprintf(kname, sizeof kname, "%s split=%d", cl ? "cluster" : "flash", f);
+      else
+        std::snprintf(kname, sizeof kname, "%s (auto)", cl ? "cluster" : "flash");
       report(kname, t, diff);
     }
     cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o1), cudaFree(o2);
@@ -327,6 +333,43 @@ void bench_expert_step(bool own_small) {
               t[t.size() / 2] * 10 / 1000, be->memory_peak() / 1e6);
 }
 
+// --profile: each kernel of interest once, eagerly, for ncu (weights cold in HBM).
+void profile_once(cudaStream_t s, float* ws, int* counters, int sms) {
+  for (auto [m, n, k, res] : std::vector<std::tuple<int64_t, int64_t, int64_t, bool>>{
+           {51, 2560, 1024, false}, {51, 8192, 1024, false}, {51, 1024, 4096, true}, {11, 8192, 1024, false}}) {
+    void* w = dmalloc(n * k * 2);
+    void* x = dmalloc(m * k * 2);
+    void* o = dmalloc(m * n * 2);
+    fill(w, n * k, 1, 0.03f);
+    fill(x, m * k, 2, 1.f);
+    fill(o, m * n, 3, 1.f);
+    void* flush = dmalloc(256 << 20);  // evict w from L2
+    CUDA_CHECK(cudaMemset(flush, 0, 256 << 20));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const SmallGemmPlan plan = small_gemm_plan(m, n, k, sms);
+    small_gemm(plan, x, w, nullptr, DType::F32, Epilogue::None, res ? o : nullptr, DType::BF16, o, DType::BF16, m, n, k,
+               ws, counters, s);
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    cudaFree(w), cudaFree(x), cudaFree(o), cudaFree(flush);
+  }
+  for (auto [S, Tq, Tk, Hq, Hkv, Dh] : std::vector<std::tuple<int, int, int, int, int, int>>{
+           {1, 51, 867, 8, 1, 256}, {1, 816, 816, 8, 1, 256}}) {
+    const size_t nq = (size_t)S * Tq * Hq * Dh, nk = (size_t)S * Tk * Hkv * Dh;
+    void* q = dmalloc(nq * 2);
+    void* k = dmalloc(nk * 2);
+    void* v = dmalloc(nk * 2);
+    void* o = dmalloc(nq * 2);
+    fill(q, nq, 11, 2.f);
+    fill(k, nk, 12, 2.f);
+    fill(v, nk, 13, 1.f);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    AttentionArgs a{q, k, v, o, nullptr, nullptr, S, Tq, Tk, Hq, Hkv, Dh, 1.f / 16};
+    attention_fast(a, ws, 16 << 20, sms, s);
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o);
+  }
+}
+
 void bench_copy(cudaStream_t s) {
   const size_t bytes = 1ull << 30;
   void* a = dmalloc(bytes);
@@ -348,6 +391,13 @@ int main(int argc, char** argv) {
     std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
     cudaStream_t s;
     CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    if (argc > 1 && std::strcmp(argv[1], "--profile") == 0) {
+      float* pws = static_cast<float*>(dmalloc(16 << 20));
+      int* pc = static_cast<int*>(dmalloc(16384 * 4));
+      CUDA_CHECK(cudaMemset(pc, 0, 16384 * 4));
+      profile_once(s, pws, pc, prop.multiProcessorCount);
+      return 0;
+    }
     bench_copy(s);
     void* ltws = dmalloc(32 << 20);
     LtGemm lt(ltws, 32 << 20);

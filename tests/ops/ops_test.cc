@@ -10,6 +10,10 @@
 // - bf16 output of fp32 math (norms, activations, casts, RoPE, GEMMs): one rounding of the result,
 //   at most u|r|; fp32 reordering (GEMM accumulation, K up to 16384) is ~1e-5 relative.
 //   rtol = 2u = 2^-8, atol = 2^-12 (covers reordering and near-zero cancellation).
+// - GEMM with a residual (h += x W^T): cuBLASLt rounds the product to bf16 before adding C (seen on
+//   H100 with its Hopper kernels, split-K or not), as openpi's own bf16 residual stream does
+//   (x + bf16(attn)): an extra error up to u|x W^T| <= u max|x W^T|, which is not relative to a
+//   result that cancels: atol = 2^-6 (max|x W^T| ~ 4 rms).
 // - GEMM with GELU fused by cuBLASLt: its tanh may be an approximation (~2^-11 absolute), which
 //   near gelu(x) = 0 is not relative to the output: atol = 2^-8.
 // - fp32 outputs (the f32 islands, casts to F32, axpy): rtol = atol = 1e-5 (reordering only).
@@ -17,9 +21,10 @@
 //   GPUs): input rounding 2^-11 each, sqrt(588)-term sums: ~2^-10.5 of rms(out) (1 sigma); with a
 //   bf16 output, rtol = 2^-8, atol = 2^-8 (about 5 sigma).
 // - attention: the CUDA kernel rounds probabilities to bf16 before P.V (ops.h), the CPU oracle does
-//   not: an error of std ~ u/sqrt(3) * rms(row), plus the output rounding: rtol = 2^-8, atol = 2^-7
+//   not: an error of std ~ u/sqrt(3) * rms(row), plus the output rounding: rtol = 2^-8, atol = 2^-6
 //   times the rms of the element's own row (one query head): rows that see few keys have large
-//   values and proportionally large errors, rows that average many keys small ones (about 5 sigma).
+//   values and proportionally large errors, rows that average many keys small ones. The simple
+//   kernel rounds normalised probabilities (ops.h literally) and reaches ~1.1x of 2^-7 on some rows.
 // Cases whose CPU cost would be large compare a window of the output (first and last columns of a
 // GEMM, every k-th query of an attention): the CUDA op still runs at full size.
 #include <gtest/gtest.h>
@@ -67,11 +72,12 @@ struct Tol {
   int64_t row = 0;  // atol scales with the rms of each run of `row` elements (0: of the whole output)
 };
 constexpr Tol kBf16{1.f / 256, 1.f / 4096};
+constexpr Tol kResidual{1.f / 256, 1.f / 64};
 constexpr Tol kGelu{1.f / 256, 1.f / 256};
 constexpr Tol kF32{1e-5f, 1e-5f};
 constexpr Tol kTf32{1.f / 256, 1.f / 256};
 // Per output row (one query head): the probability rounding error scales with that row's values.
-Tol attn_tol(int dh) { return {1.f / 256, 1.f / 128, dh}; }
+Tol attn_tol(int dh) { return {1.f / 256, 1.f / 64, dh}; }
 
 using OpFn = std::function<void(Backend&, const std::vector<Tensor>&, const Tensor&)>;
 
@@ -220,6 +226,7 @@ Problem linear_problem(const LinearSpec& s, std::mt19937& rng) {
 OpCase linear_case(const std::string& name, LinearSpec s) {
   Tol tol = s.out == Role::F32 ? kF32 : kBf16;
   if (s.ep == Epilogue::GeluTanh) tol = kGelu;
+  if (s.residual && s.out != Role::F32) tol = kResidual;
   return {name, [s](std::mt19937& rng) { return linear_problem(s, rng); }, tol};
 }
 
@@ -567,6 +574,16 @@ TEST(CudaBackend, FallbackPathsMatchCpu) {
       check_case(oc, *gpu, " [fallback]");
 }
 
+// The attention key splits merged by a second kernel instead of inside a cluster.
+TEST(CudaBackend, AttentionMergeKernelMatchesCpu) {
+  CudaOptions opt;
+  opt.attention_clusters = false;
+  auto gpu = cuda_backend(opt);
+  if (!gpu) GTEST_SKIP() << "no CUDA device";
+  for (const OpCase& oc : all_cases())
+    if (oc.name.find("attention/") == 0 && oc.name.find("prefix") == std::string::npos) check_case(oc, *gpu, " [merge kernel]");
+}
+
 // A captured graph replays the same work: run a small layer-like sequence eagerly and through
 // run() (capture, then two replays with new inputs) and require identical bits.
 TEST(CudaBackend, GraphReplayIsExact) {
@@ -631,8 +648,9 @@ TEST(CudaBackend, SmallGemmMatchesCublasLt) {
     LinearSpec s{m, n, k, Epilogue::None, true, true};
     Problem p = linear_problem(s, rng);
     HostTensor a = run_on(*own, p.in, p.out, p.op), b = run_on(*lt, p.in, p.out, p.op);
+    // cuBLASLt rounds the product before the residual add (see the tolerance notes): 2^-6 as there.
     expect_close("small_vs_lt/" + std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k), a, b, {},
-                 {1.f / 128, 1.f / 2048});
+                 {1.f / 128, 1.f / 64});
   }
 }
 #endif

@@ -13,6 +13,8 @@
 // - The mask is per token: key j is visible to query i iff k_block[j] <= q_block[i]. Scores are
 //   fp32 (scaled by scale*log2(e), exp2), probabilities are rounded to bf16 for P.V, the row sum
 //   is kept in fp32. Rows that see no key output zero.
+#include <cooperative_groups.h>
+
 #include <cfloat>
 
 #include "backends/cuda/common.cuh"
@@ -47,8 +49,9 @@ struct Smem {
   static constexpr int kStride = DHP + 8;  // bf16 elements a row: 16-byte pad, conflict-free ldmatrix
   bf16 q[kBR * kStride];
   bf16 k[kBK * kStride];
-  bf16 v[kBK * kStride];
+  bf16 v[kBK * kStride];  // k and v adjacent: the cluster merge reuses them as fp32 O [kBR][DHP]
   int kb[2][kBK];
+  float ml[kBR][2];  // the cluster merge: each row's running max and sum
 };
 
 // Row r of the packed tile of KV head `kvh` in sequence s -> element offset of its head vector.
@@ -77,7 +80,11 @@ __device__ __forceinline__ void load_tile(const FastParams& p, Smem<DHP>& sm, in
     }
 }
 
-template <int DHP>
+constexpr int kMaxCluster = 8;  // portable cluster size
+
+// kCluster: the key splits of one query tile form a thread-block cluster (along z) and merge their
+// partial outputs through distributed shared memory; otherwise partials go to ws for merge_kernel.
+template <int DHP, bool kCluster>
 __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastParams p) {
   constexpr int NT_O = DHP / 8;   // output column tiles
   constexpr int KS = DHP / 16;    // k-steps of Q.K^T
@@ -230,6 +237,64 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
   }
   cp_async_wait<0>();
 
+  if constexpr (kCluster) {
+    // Each block leaves its unnormalised O and (max, sum) in its shared memory; block `rank` of the
+    // cluster then finishes columns [rank, rank+1) * DHP / cs of all 64 rows, reading every block's
+    // partials through DSMEM.
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    __shared__ float wts[kBR][kMaxCluster];
+    float* obuf = reinterpret_cast<float*>(sm.k);
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int rl = warp * 16 + g + 8 * h;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i)
+        *reinterpret_cast<float2*>(obuf + rl * DHP + i * 8 + 2 * t) = make_float2(o[i][2 * h], o[i][2 * h + 1]);
+      if (t == 0) sm.ml[rl][0] = m_run[h], sm.ml[rl][1] = l_run[h];
+    }
+    cluster.sync();
+    const int cs = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
+    if (threadIdx.x < kBR) {
+      const int rl = threadIdx.x;
+      float ms[kMaxCluster], ls[kMaxCluster], mx = -INFINITY;
+#pragma unroll
+      for (int sp = 0; sp < kMaxCluster; ++sp) {
+        ms[sp] = -INFINITY, ls[sp] = 0.f;
+        if (sp < cs) {
+          const float* r = cluster.map_shared_rank(&sm.ml[rl][0], sp);
+          ms[sp] = r[0], ls[sp] = r[1];
+          mx = fmaxf(mx, ms[sp]);
+        }
+      }
+      const float m_use = mx == -INFINITY ? 0.f : mx;
+      float total = 0.f;
+#pragma unroll
+      for (int sp = 0; sp < kMaxCluster; ++sp) total += ls[sp] * exp2f(ms[sp] - m_use);
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+      for (int sp = 0; sp < kMaxCluster; ++sp) wts[rl][sp] = exp2f(ms[sp] - m_use) * inv;
+    }
+    __syncthreads();
+    const int c4_begin = rank * (DHP / 4) / cs, c4_end = (rank + 1) * (DHP / 4) / cs, width = c4_end - c4_begin;
+    for (int idx = threadIdx.x; idx < kBR * width; idx += kWarps * 32) {
+      const int rl = idx / width, c = (c4_begin + idx % width) * 4, row = row0 + rl;
+      if (row >= p.R || c >= p.dh) continue;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int sp = 0; sp < kMaxCluster; ++sp)
+        if (sp < cs) {
+          const float4 v = *reinterpret_cast<const float4*>(cluster.map_shared_rank(obuf + rl * DHP + c, sp));
+          const float w = wts[rl][sp];
+          acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+        }
+      bf16* dst = p.out + q_offset(p, s, kvh, row) + c;  // dh % 8 == 0: all 4 columns are inside
+      *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(acc.x, acc.y);
+      *reinterpret_cast<uint32_t*>(dst + 2) = pack_bf16x2(acc.z, acc.w);
+    }
+    cluster.sync();  // the other blocks may still read this block's shared memory
+  } else {
   // Write: the normalised output, or this split's partial state.
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -254,6 +319,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
       }
       if (t == 0) *reinterpret_cast<float2*>(p.ws_ml + base * 2) = make_float2(m_run[h], l_run[h]);
     }
+  }
   }
 }
 
@@ -307,35 +373,53 @@ int padded_head_dim(int dh) {
 
 struct Split {
   int nsplit, tiles_per_split;
+  bool cluster = false;  // merge the splits inside a cluster (2..8 splits)
 };
 
-Split choose_split(const AttentionArgs& a, int num_sms, int force_splits) {
+Split choose_split(const AttentionArgs& a, int num_sms, int force_splits, bool cluster) {
   const int G = a.Hq / a.Hkv, R = a.Tq * G;
   const int row_tiles = (R + kBR - 1) / kBR;
   const int base = row_tiles * a.S * a.Hkv;
   const int ntiles = (a.Tk + kBK - 1) / kBK;
-  if (ntiles == 0) return {1, 0};
+  if (ntiles == 0) return {1, 0, false};
   int ns = 1;
   if (force_splits > 0)
     ns = force_splits;
   else if (2 * base < num_sms)
     ns = (2 * num_sms + base - 1) / base;  // about two blocks an SM
-  ns = std::max(1, std::min({ns, ntiles, kMaxSplits}));
+  ns = std::max(1, std::min({ns, ntiles, cluster ? kMaxCluster : kMaxSplits}));
   const int per = (ntiles + ns - 1) / ns;
   ns = (ntiles + per - 1) / per;  // no empty splits
-  return {ns, per};
+  return {ns, per, cluster && ns > 1};
 }
 
 template <int DHP>
-void launch_fast(const FastParams& p, int row_tiles, cudaStream_t s) {
+void launch_fast(const FastParams& p, int row_tiles, bool cluster, cudaStream_t s) {
   const size_t smem = sizeof(Smem<DHP>);
   static bool attr_set = false;
   if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<DHP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<DHP, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<DHP, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr_set = true;
   }
   dim3 grid(row_tiles, p.S * p.Hkv, p.nsplit);
-  attention_kernel<DHP><<<grid, kWarps * 32, smem, s>>>(p);
+  if (cluster) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(kWarps * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = p.nsplit;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, attention_kernel<DHP, true>, p));
+    return;
+  }
+  attention_kernel<DHP, false><<<grid, kWarps * 32, smem, s>>>(p);
   CUDA_CHECK_LAUNCH();
   if (p.nsplit > 1) {
     merge_kernel<DHP><<<dim3(p.R, p.S * p.Hkv), 128, 0, s>>>(p);
@@ -393,23 +477,23 @@ __global__ void attention_reference_kernel(const AttentionArgs a) {
 
 }  // namespace
 
-int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force_splits) {
+int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force_splits, bool cluster) {
   const int dhp = padded_head_dim(a.Dh);
   if (!dhp) return 0;
-  const Split sp = choose_split(a, num_sms, force_splits);
-  if (sp.nsplit == 1) return 0;
+  const Split sp = choose_split(a, num_sms, force_splits, cluster);
+  if (sp.nsplit == 1 || sp.cluster) return 0;
   const int64_t R = (int64_t)a.Tq * (a.Hq / a.Hkv);
   return (int64_t)a.S * a.Hkv * sp.nsplit * R * (dhp + 2) * 4;
 }
 
 bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num_sms, cudaStream_t s,
-                    int force_splits) {
+                    int force_splits, bool cluster) {
   const int dhp = padded_head_dim(a.Dh);
   if (!dhp || a.Hq % a.Hkv != 0 || a.Tq == 0 || a.S == 0) return false;
   if (reinterpret_cast<uintptr_t>(a.q) % 16 || reinterpret_cast<uintptr_t>(a.k) % 16 ||
       reinterpret_cast<uintptr_t>(a.v) % 16 || reinterpret_cast<uintptr_t>(a.out) % 4)
     return false;
-  const int64_t need = attention_workspace_bytes(a, num_sms, force_splits);
+  const int64_t need = attention_workspace_bytes(a, num_sms, force_splits, cluster);
   if (need > ws_bytes) return false;
   FastParams p;
   p.q = static_cast<const bf16*>(a.q);
@@ -426,7 +510,7 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
   p.dh = a.Dh;
   p.G = a.Hq / a.Hkv;
   p.R = a.Tq * p.G;
-  const Split sp = choose_split(a, num_sms, force_splits);
+  const Split sp = choose_split(a, num_sms, force_splits, cluster);
   p.nsplit = sp.nsplit;
   p.tiles_per_split = sp.tiles_per_split;
   p.ws_o = ws;
@@ -434,13 +518,14 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
   p.scale_log2 = a.scale * kLog2e;
   const int row_tiles = (p.R + kBR - 1) / kBR;
   if (a.Tk == 0) p.nsplit = 1, p.tiles_per_split = 0;
+  const bool use_cluster = sp.cluster && p.nsplit > 1;
   switch (dhp) {
-    case 16: launch_fast<16>(p, row_tiles, s); break;
-    case 32: launch_fast<32>(p, row_tiles, s); break;
-    case 64: launch_fast<64>(p, row_tiles, s); break;
-    case 80: launch_fast<80>(p, row_tiles, s); break;
-    case 128: launch_fast<128>(p, row_tiles, s); break;
-    case 256: launch_fast<256>(p, row_tiles, s); break;
+    case 16: launch_fast<16>(p, row_tiles, use_cluster, s); break;
+    case 32: launch_fast<32>(p, row_tiles, use_cluster, s); break;
+    case 64: launch_fast<64>(p, row_tiles, use_cluster, s); break;
+    case 80: launch_fast<80>(p, row_tiles, use_cluster, s); break;
+    case 128: launch_fast<128>(p, row_tiles, use_cluster, s); break;
+    case 256: launch_fast<256>(p, row_tiles, use_cluster, s); break;
     default: return false;
   }
   return true;

@@ -378,7 +378,9 @@ class CudaBackend final : public Backend {
       a.q_block = mask.q_block.ptr<int32_t>();
       a.k_block = mask.k_block.ptr<int32_t>();
     }
-    if (opt_.fast_attention && attention_fast(a, attn_ws_, kAttentionWorkspace, num_sms_, stream_)) return;
+    if (opt_.fast_attention &&
+        attention_fast(a, attn_ws_, kAttentionWorkspace, num_sms_, stream_, 0, opt_.attention_clusters))
+      return;
     attention_reference(a, stream_);
   }
 

@@ -83,12 +83,14 @@ struct AttentionArgs {
   float scale;
 };
 // Workspace bytes the fast kernel needs for these sizes (split keys: partial outputs and stats).
-int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force_splits = 0);
+int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force_splits = 0, bool cluster = true);
 // The flash-style kernel (head dims 16..256, multiple of 8): query heads that share a KV head are
 // packed into one tile, keys split across blocks when there are few query tiles, then merged.
+// `cluster`: 2..8 key splits of a query tile run as one thread-block cluster and merge through
+// distributed shared memory (no workspace, no second kernel); false: partials in ws + a merge kernel.
 // Returns false where the shape is not supported (then call attention_reference).
 bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num_sms,
-                    cudaStream_t s, int force_splits = 0);
+                    cudaStream_t s, int force_splits = 0, bool cluster = true);
 // One warp per query row, any head dim: slow but simple.
 void attention_reference(const AttentionArgs& a, cudaStream_t s);
 
