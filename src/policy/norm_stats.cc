@@ -108,7 +108,7 @@ void normalize(NormMode mode, const NormStats& s, double* x, int d) {
   }
 }
 
-void unnormalize(NormMode mode, const NormStats& s, double* x, int d) {
+void unnormalize(NormMode mode, const NormStats& s, double* x, int d, bool x_f32) {
   const int n = static_cast<int>(s.mean.size());
   for (int i = 0; i < d; ++i) {
     if (mode == NormMode::ZScore) {
@@ -116,7 +116,8 @@ void unnormalize(NormMode mode, const NormStats& s, double* x, int d) {
       x[i] = x[i] * (std + 1e-6) + mean;
     } else if (i < n) {
       const double q01 = (*s.q01)[i], q99 = (*s.q99)[i];
-      x[i] = (x[i] + 1.0) / 2.0 * (q99 - q01 + 1e-6) + q01;
+      const double half = x_f32 ? static_cast<double>((static_cast<float>(x[i]) + 1.0f) / 2.0f) : (x[i] + 1.0) / 2.0;
+      x[i] = half * (q99 - q01 + 1e-6) + q01;
     }
   }
 }

@@ -33,7 +33,9 @@ enum class NormMode { ZScore, Quantile };
 void normalize(NormMode mode, const NormStats& s, double* x, int d);
 // Unnormalize one row of d dims. z-score: stats padded with mean 0 / std 1;
 // quantile: only the first len(q01) dims are touched.
-void unnormalize(NormMode mode, const NormStats& s, double* x, int d);
+// `x_f32`: x holds float32 values (the model's actions). numpy then computes the quantile form's
+// (x + 1.0) / 2.0 in float32 (a Python scalar does not promote), and only the rest in float64.
+void unnormalize(NormMode mode, const NormStats& s, double* x, int d, bool x_f32 = false);
 
 // Throws Error if the stats cannot be used in this mode for vectors of `d` dims (quantiles
 // missing, lengths that numpy would not broadcast).

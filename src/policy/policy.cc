@@ -126,7 +126,7 @@ Value Policy::finish(const PreparedRequest& req, const float* actions, const Req
   std::vector<double> state = req.state_model;
   // Unnormalize (strict: the stats' keys are the output dict's state and actions).
   if (auto it = stats_.find("actions"); it != stats_.end())
-    for (int h = 0; h < horizon_; ++h) unnormalize(mode_, it->second, &act[static_cast<size_t>(h) * A], A);
+    for (int h = 0; h < horizon_; ++h) unnormalize(mode_, it->second, &act[static_cast<size_t>(h) * A], A, true);
   if (auto it = stats_.find("state"); it != stats_.end()) unnormalize(mode_, it->second, state.data(), A);
   // AbsoluteActions: actions[..., :dims] += where(mask, state[:dims], 0).
   for (int h = 0; h < horizon_; ++h)
