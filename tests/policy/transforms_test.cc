@@ -39,6 +39,10 @@ TEST(NormStats, ParseAndFormulas) {
   unnormalize(NormMode::Quantile, s, v, 3);
   EXPECT_DOUBLE_EQ(v[0], (0 + 1) / 2.0 * (2 - 0 + 1e-6) + 0);
   EXPECT_DOUBLE_EQ(v[2], 0.25);
+  // The model's float32 actions: numpy computes (x + 1.0) / 2.0 in float32 first.
+  double w[1] = {static_cast<double>(0.1f)};
+  unnormalize(NormMode::Quantile, s, w, 1, true);
+  EXPECT_DOUBLE_EQ(w[0], static_cast<double>((0.1f + 1.0f) / 2.0f) * (2 - 0 + 1e-6) + 0);
   // Quantile mode needs q01/q99.
   EXPECT_THROW(check_norm_stats(NormMode::Quantile, m.at("actions"), "actions", 0, 32), Error);
   EXPECT_NO_THROW(check_norm_stats(NormMode::ZScore, m.at("actions"), "actions", 0, 32));
