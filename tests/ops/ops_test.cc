@@ -637,7 +637,10 @@ TEST(CudaBackend, GraphReplayIsExact) {
 
 // Our small-M GEMM against cuBLASLt on the action-step shapes (both bf16: two roundings apart).
 TEST(CudaBackend, SmallGemmMatchesCublasLt) {
-  auto own = cuda_backend();
+  CudaOptions forced;
+  forced.force_small_gemm = true;  // whatever the tuning table says for these shapes
+  forced.tuning_file = "none";
+  auto own = cuda_backend(forced);
   CudaOptions o;
   o.own_small_gemm = false;
   auto lt = cuda_backend(o);

@@ -200,8 +200,11 @@ class CudaBackend final : public Backend {
     const SmallConfig tuned_small = tuned ? small_config(tuned->algorithm) : SmallConfig{};
     const bool tuned_lt = tuned && tuned->algorithm.kind == "lt";
 
-    // 1. Few rows, bf16: the weight-streaming kernel.
-    if (opt_.own_small_gemm && !tuned_lt && x.dtype == DType::BF16 && w.dtype == DType::BF16 &&
+    // 1. Few rows, bf16: the weight-streaming kernel, where the tuning table picked it for this
+    // shape. Without a table row cuBLASLt runs: on an H100 it beat our kernel on every action-step
+    // shape (1.7-3x, bench/RESULTS.md), so the kernel is not a default until it wins.
+    const bool tuned_small_chosen = tuned && !tuned_lt;
+    if (opt_.own_small_gemm && (tuned_small_chosen || opt_.force_small_gemm) && x.dtype == DType::BF16 && w.dtype == DType::BF16 &&
         small_gemm_supported(m, n, k) &&
         aligned16(x.data) && aligned16(w.data) && is_float(out.dtype) && out.dtype != DType::F16 &&
         bt != DType::F16 && rt != DType::F16) {

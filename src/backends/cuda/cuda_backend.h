@@ -17,7 +17,10 @@ namespace pirt {
 struct CudaOptions {
   int device = 0;
   bool graphs = true;          // capture Backend::run() once per key and replay it
-  bool own_small_gemm = true;  // our weight-streaming GEMM for M <= 64 instead of cuBLASLt
+  // Our weight-streaming GEMM for M <= 64 where the tuning table picked it (cuBLASLt otherwise);
+  // force_small_gemm uses it for every shape it supports (tests, kernel benchmarks).
+  bool own_small_gemm = true;
+  bool force_small_gemm = false;
   bool fast_attention = true;  // the flash kernel; false: a simple one-warp-per-row kernel (debugging)
   bool attention_clusters = true;  // key splits merged in a thread-block cluster; false: a merge kernel
   std::string tuning_file;     // per-shape GEMM algorithms (issue 4); empty: the shipped file for this GPU
