@@ -10,7 +10,7 @@ APT_PACKAGES=(
   libsentencepiece-dev sentencepiece              # PaliGemma tokenizer (and spm_train for the test model)
   python3 python3-numpy
 )
-PIP_PACKAGES=(numpy openpi-client msgpack websockets)
+PIP_PACKAGES=(numpy openpi-client msgpack websockets sentencepiece)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -26,7 +26,7 @@ fi
 
 # The Python test tools go to the `python3` on PATH (openpi's client for the server tests).
 PY=$(command -v python3)
-if ! "$PY" -c "import openpi_client, numpy, msgpack, websockets" 2>/dev/null; then
+if ! "$PY" -c "import openpi_client, numpy, msgpack, websockets, sentencepiece" 2>/dev/null; then
   echo "setup: pip installing ${PIP_PACKAGES[*]}"
   "$PY" -m pip install -q "${PIP_PACKAGES[@]}" || "$PY" -m pip install -q --break-system-packages "${PIP_PACKAGES[@]}"
 fi

@@ -96,6 +96,8 @@ struct OpCase {
   std::function<Problem(std::mt19937&)> make;
   Tol tol;
 };
+// ctest lists a case by its name, not its bytes.
+void PrintTo(const OpCase& c, std::ostream* os) { *os << c.name; }
 
 // ---- inputs ----
 HostTensor randn(Shape s, std::mt19937& rng, float scale = 1.f, float mean = 0.f) {
