@@ -83,12 +83,30 @@ ModelInputs synthetic_inputs(const ModelConfig& c, int batch, int cameras, int p
   return in;
 }
 
+std::optional<ModelConfig> named_config(const std::string& name) {
+  if (name == "pi0") return config_pi0();
+  if (name == "pi05") return config_pi05();
+  if (name == "tiny") return config_tiny(Arch::Pi0);
+  if (name == "tiny-pi05") return config_tiny(Arch::Pi05);
+  return std::nullopt;
+}
+
 std::unique_ptr<Engine> load_model(const std::string& model, const EngineOptions& opt) {
-  if (model == "pi0") return Engine::random(config_pi0(), 0, opt);
-  if (model == "pi05") return Engine::random(config_pi05(), 0, opt);
-  if (model == "tiny") return Engine::random(config_tiny(Arch::Pi0), 0, opt);
-  if (model == "tiny-pi05") return Engine::random(config_tiny(Arch::Pi05), 0, opt);
+  if (const auto c = named_config(model)) return Engine::random(*c, 0, opt);
   return Engine::load(model, opt);
+}
+
+CallShape call_shape(const Args& a) {
+  CallShape s;
+  s.cameras = static_cast<int>(a.integer("--cameras", 3, 1, 3));
+  s.absent = static_cast<int>(a.integer("--absent", 3 - s.cameras, 0, 2));
+  if (s.cameras + s.absent != 3)
+    throw_error(strformat("--cameras %d and --absent %d must add up to openpi's 3 camera slots", s.cameras, s.absent));
+  s.prompt_len = static_cast<int>(a.integer("--prompt-len", 48, 1, 4096));
+  s.horizon = static_cast<int>(a.integer("--horizon", 0, 1, 1024));
+  s.steps = static_cast<int>(a.integer("--steps", 10, 1, 1000));
+  s.batch = static_cast<int>(a.integer("--batch", 1, 1, 64));
+  return s;
 }
 
 int cmd_bench(int argc, char** argv) {
@@ -120,19 +138,15 @@ int cmd_bench(int argc, char** argv) {
   EngineOptions opt = engine_options(a);
   const bool gpu = opt.device == "cuda" || (opt.device == "auto" && cuda_available());
   const std::string model = a.str("--model", gpu ? "pi0" : "tiny");
-  const int cameras = static_cast<int>(a.integer("--cameras", 3, 1, 3));
-  const int absent = static_cast<int>(a.integer("--absent", 3 - cameras, 0, 2));
-  if (cameras + absent != 3)
-    throw_error(strformat("--cameras %d and --absent %d must add up to openpi's 3 camera slots", cameras, absent));
-  opt.horizon = static_cast<int>(a.integer("--horizon", 0, 1, 1024));
-  const int steps = static_cast<int>(a.integer("--steps", 10, 1, 1000));
-  const int batch = static_cast<int>(a.integer("--batch", 1, 1, 64));
+  const CallShape shape = call_shape(a);
+  const int cameras = shape.cameras, absent = shape.absent, steps = shape.steps, batch = shape.batch;
+  const int prompt_len = shape.prompt_len;
+  opt.horizon = shape.horizon;
   const int iters = static_cast<int>(a.integer("--iters", gpu ? 50 : 3, 1, 100000));
   const int warmup = static_cast<int>(a.integer("--warmup", gpu ? 3 : 1, 0, 100000));
 
   std::unique_ptr<Engine> engine = load_model(model, opt);
   const ModelConfig& c = engine->config();
-  const int prompt_len = static_cast<int>(a.integer("--prompt-len", 48, 1, 4096));
   const ModelInputs in = synthetic_inputs(c, batch, cameras, prompt_len, a.integer("--seed", 0, 0, 1L << 40));
   std::printf("model     %s\ndevice    %s\nload      %.2f s\nshape     batch %d, %d cameras + %d absent, "
               "%d prompt tokens, horizon %d, %d steps\n",
@@ -245,17 +259,9 @@ int cmd_make_inputs(int argc, char** argv) {
     return 0;
   }
   const std::string model = a.str("--model", "pi0"), out = a.required("--out");
-  ModelConfig c;
-  if (model == "pi0")
-    c = config_pi0();
-  else if (model == "pi05")
-    c = config_pi05();
-  else if (model == "tiny")
-    c = config_tiny(Arch::Pi0);
-  else if (model == "tiny-pi05")
-    c = config_tiny(Arch::Pi05);
-  else
-    throw_error("--model must be pi0, pi05, tiny or tiny-pi05, not \"" + model + "\"");
+  const std::optional<ModelConfig> named = named_config(model);
+  if (!named) throw_error("--model must be pi0, pi05, tiny or tiny-pi05, not \"" + model + "\"");
+  const ModelConfig& c = *named;
   const int batch = static_cast<int>(a.integer("--batch", 1, 1, 64));
   const int horizon = static_cast<int>(a.integer("--horizon", c.action_horizon, 1, 1024));
   const uint64_t seed = static_cast<uint64_t>(a.integer("--seed", 0, 0, 1L << 40));
@@ -279,17 +285,9 @@ int cmd_make_checkpoint(int argc, char** argv) {
     return 0;
   }
   const std::string arch = a.required("--arch"), out = a.required("--out"), dtype = a.str("--dtype", "bf16");
-  ModelConfig c;
-  if (arch == "pi0")
-    c = config_pi0();
-  else if (arch == "pi05")
-    c = config_pi05();
-  else if (arch == "tiny")
-    c = config_tiny(Arch::Pi0);
-  else if (arch == "tiny-pi05")
-    c = config_tiny(Arch::Pi05);
-  else
-    throw_error("--arch must be pi0, pi05, tiny or tiny-pi05, not \"" + arch + "\"");
+  const std::optional<ModelConfig> named = named_config(arch);
+  if (!named) throw_error("--arch must be pi0, pi05, tiny or tiny-pi05, not \"" + arch + "\"");
+  const ModelConfig& c = *named;
   if (dtype != "bf16" && dtype != "f32") throw_error("--dtype must be bf16 or f32, not \"" + dtype + "\"");
   const uint64_t seed = static_cast<uint64_t>(a.integer("--seed", 0, 0, 1L << 40));
   write_checkpoint(out, c, random_weights(c, seed, dtype == "bf16" ? DType::BF16 : DType::F32));

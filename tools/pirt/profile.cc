@@ -92,14 +92,10 @@ int cmd_profile(int argc, char** argv) {
   EngineOptions opt = engine_options(a);
   opt.device = "cuda";
   const std::string model = a.str("--model", "pi0");
-  const int cameras = static_cast<int>(a.integer("--cameras", 3, 1, 3));
-  const int absent = static_cast<int>(a.integer("--absent", 3 - cameras, 0, 2));
-  if (cameras + absent != 3)
-    throw_error(strformat("--cameras %d and --absent %d must add up to openpi's 3 camera slots", cameras, absent));
-  opt.horizon = static_cast<int>(a.integer("--horizon", 0, 1, 1024));
-  const int steps = static_cast<int>(a.integer("--steps", 10, 1, 1000));
-  const int batch = static_cast<int>(a.integer("--batch", 1, 1, 64));
-  const int prompt_len = static_cast<int>(a.integer("--prompt-len", 48, 1, 4096));
+  const CallShape shape = call_shape(a);
+  const int cameras = shape.cameras, absent = shape.absent, steps = shape.steps, batch = shape.batch;
+  const int prompt_len = shape.prompt_len;
+  opt.horizon = shape.horizon;
   const int top = static_cast<int>(a.integer("--top", 15, 0, 100000));
   const int warmup = static_cast<int>(a.integer("--warmup", 2, 1, 1000));
 
