@@ -36,7 +36,7 @@ struct EngineOptions {
   bool drop_padding = true;      // drop absent cameras' and padding text tokens instead of masking them
   bool fuse_projections = true;  // one GEMM for Q|K|V and one for gate|up
   bool graphs = true;            // capture the whole call in one CUDA graph per shape
-  bool own_small_gemm = true;    // CUDA: our weight-streaming GEMM for small M instead of cuBLASLt
+  bool own_small_gemm = true;    // CUDA: our small-M GEMM where the tuning table picked it (else cuBLASLt)
   std::string tuning_file;       // CUDA: GEMM algorithm per shape (pirt tune); "": bench/tuning/, "none": heuristic
 };
 

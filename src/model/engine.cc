@@ -26,7 +26,6 @@ bool cuda_available() {
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& device, const EngineOptions& opt) {
-  (void)opt;
   if (device == "cpu") return make_cpu_backend();
   if (device != "auto" && device != "cuda")
     throw_error("--device must be auto, cpu or cuda, not \"" + device + "\"");

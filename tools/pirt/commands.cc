@@ -34,7 +34,7 @@ const char* kEngineFlagsHelp =
     "  --no-drop-padding        compute absent cameras and padding tokens instead of dropping them\n"
     "  --no-fuse                separate Q/K/V and gate/up projections\n"
     "  --no-graphs              issue every kernel instead of replaying one CUDA graph per shape\n"
-    "  --no-small-gemm          cuBLASLt for the action steps' small-M GEMMs\n"
+    "  --no-small-gemm          cuBLASLt even where the tuning table picked our small-M GEMM\n"
     "  --tuning FILE|none       GEMM algorithms per shape (pirt tune); default: bench/tuning/ for this GPU\n";
 const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm"};
 
