@@ -25,7 +25,7 @@ bool cuda_available() {
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device, const EngineOptions& opt) {
+std::unique_ptr<Backend> make_backend(const std::string& device, [[maybe_unused]] const EngineOptions& opt) {
   if (device == "cpu") return make_cpu_backend();
   if (device != "auto" && device != "cuda")
     throw_error("--device must be auto, cpu or cuda, not \"" + device + "\"");

@@ -40,11 +40,6 @@ const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "-
 
 namespace {
 
-std::set<std::string> with(std::set<std::string> a, const std::set<std::string>& b) {
-  a.insert(b.begin(), b.end());
-  return a;
-}
-
 double percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
   const double pos = q * (v.size() - 1);
