@@ -62,7 +62,11 @@ struct Tensor {
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
   int64_t dim(int i) const { return shape[i]; }
   // Elements in one row (product of all dims but the first).
-  int64_t row_size() const { return shape.rank() == 0 ? 1 : numel() / shape[0]; }
+  int64_t row_size() const {
+    int64_t n = 1;
+    for (int i = 1; i < shape.rank(); ++i) n *= shape[i];
+    return n;
+  }
   template <class T>
   T* ptr() const { return static_cast<T*>(data); }
 

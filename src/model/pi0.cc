@@ -201,11 +201,12 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
              p.h.rows(img, p.n_text));
 
   // ---- the prefix pass fills the KV cache; its hidden outputs are never read ----
+  // (An empty prefix, every camera absent and no prompt, leaves the cache empty.)
   const AttentionMask prefix_mask{p.prefix_qb, p.prefix_kb};
-  for (int l = 0; l < c.llm.depth; ++l) {
-    GemmaCall call{&c.llm, &w.llm[l], &p.pre, p.h, p.prefix_pos, p.K[l], p.V[l], 0, prefix_mask};
-    call.kv_only = l == c.llm.depth - 1;
-    gemma_layer(be, call);
+  for (int l = 0; l < c.llm.depth && P > 0; ++l) {
+    gemma_layer(be, GemmaCall{.cfg = &c.llm, .w = &w.llm[l], .a = &p.pre, .h = p.h, .positions = p.prefix_pos,
+                              .K = p.K[l], .V = p.V[l], .kv_begin = 0, .mask = prefix_mask, .mod_attn = {},
+                              .mod_ffn = {}, .kv_only = l == c.llm.depth - 1});
   }
 
   // ---- Euler integration from t = 1 (noise) to t = 0: x += dt * v_t ----
@@ -232,13 +233,11 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
     // the action expert over [prefix cache | suffix], layer by layer
     const Tensor mods = c.pi05() ? p.mods.rows(s * per_step, per_step) : Tensor{};
     for (int l = 0; l < c.expert.depth; ++l) {
-      GemmaCall call{&c.expert, &w.expert[l], &p.suf, p.hs, p.suffix_pos, p.K[l], p.V[l],
-                     static_cast<int>(P), suffix_mask};
-      if (c.pi05()) {
-        call.mod_attn = mods.rows(2 * l, 1);
-        call.mod_ffn = mods.rows(2 * l + 1, 1);
-      }
-      gemma_layer(be, call);
+      gemma_layer(be, GemmaCall{.cfg = &c.expert, .w = &w.expert[l], .a = &p.suf, .h = p.hs,
+                                .positions = p.suffix_pos, .K = p.K[l], .V = p.V[l],
+                                .kv_begin = static_cast<int>(P), .mask = suffix_mask,
+                                .mod_attn = c.pi05() ? mods.rows(2 * l, 1) : Tensor{},
+                                .mod_ffn = c.pi05() ? mods.rows(2 * l + 1, 1) : Tensor{}});
     }
     // final norm; v_t = action_out_proj(suffix_out[:, -H:]) in fp32
     const Tensor xn = p.suf.xn.rows(0, T);

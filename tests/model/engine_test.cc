@@ -91,6 +91,20 @@ TEST_P(EngineTest, DroppingAbsentCamerasAndPaddingIsExact) {
   EXPECT_LT(max_diff(a, b), 1e-4 * std::max(1.0, max_abs(a)));
 }
 
+TEST_P(EngineTest, AnEmptyPrefixStillGivesActions) {
+  // Every camera absent and no valid prompt token: the suffix attends only to itself.
+  const ModelConfig c = config_tiny(GetParam());
+  ModelInputs in = make_inputs(c, 1, 11);
+  for (int cam = 0; cam < ModelConfig::kNumCameras; ++cam) in.image_masks[cam].ptr<uint8_t>()[0] = 0;
+  for (int64_t i = 0; i < in.tokenized_prompt_mask.numel(); ++i) in.tokenized_prompt_mask.ptr<uint8_t>()[i] = 0;
+  EngineOptions keep = cpu();
+  keep.drop_padding = false;
+  const HostTensor a = Engine::random(c, 1, cpu())->sample_actions(in, 3);
+  const HostTensor b = Engine::random(c, 1, keep)->sample_actions(in, 3);
+  for (int64_t i = 0; i < a.numel(); ++i) ASSERT_TRUE(std::isfinite(a.ptr<float>()[i])) << i;
+  EXPECT_LT(max_diff(a, b), 1e-4 * std::max(1.0, max_abs(a)));
+}
+
 TEST_P(EngineTest, ABatchIsItsRowsRunAlone) {
   const ModelConfig c = config_tiny(GetParam());
   auto engine = Engine::random(c, 1, cpu());
