@@ -238,6 +238,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
   cp_async_wait<0>();
 
   if constexpr (kCluster) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    __trap();  // thread-block clusters need sm_90; the host launches this variant only there
+#else
     // Each block leaves its unnormalised O and (max, sum) in its shared memory; block `rank` of the
     // cluster then finishes columns [rank, rank+1) * DHP / cs of all 64 rows, reading every block's
     // partials through DSMEM.
@@ -294,6 +297,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
       *reinterpret_cast<uint32_t*>(dst + 2) = pack_bf16x2(acc.z, acc.w);
     }
     cluster.sync();  // the other blocks may still read this block's shared memory
+#endif
   } else {
   // Write: the normalised output, or this split's partial state.
 #pragma unroll

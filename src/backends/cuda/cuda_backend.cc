@@ -50,6 +50,8 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, opt.device));
     name_ = std::string("cuda: ") + prop.name;
     num_sms_ = prop.multiProcessorCount;
+    // Thread-block clusters (the attention's in-cluster merge of key splits) exist from sm_90 on.
+    if (prop.major < 9) opt_.attention_clusters = false;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     lt_ws_ = raw_alloc(kLtWorkspace);
     lt_ = std::make_unique<LtGemm>(lt_ws_, kLtWorkspace);
