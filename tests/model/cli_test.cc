@@ -8,6 +8,7 @@
 #include <fstream>
 #include <string>
 
+#include "io/safetensors.h"
 #include "pirt/engine.h"
 
 namespace {
@@ -69,6 +70,22 @@ TEST(Cli, BadFilesAreOneLineAndExitCode2) {
   const std::string inputs = (dir / "inputs.safetensors").string();
   pirt::write_inputs(inputs, in);
   expect_usage_error("infer --model " + dir.string() + " --inputs " + inputs + " --out /tmp/o", "model.safetensors");
+}
+
+TEST(Cli, MakeCheckpointWritesOpenpisLayoutAndItLoads) {
+  const auto dir = std::filesystem::temp_directory_path() / "pirt_cli_ckpt";
+  std::filesystem::remove_all(dir);
+  const Result r = run("make-checkpoint --arch tiny --seed 3 --out " + dir.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  // openpi's converter stores the unused expert LM head too; its strict loader wants the key.
+  const pirt::SafetensorsFile file = pirt::SafetensorsFile::open((dir / "model.safetensors").string());
+  EXPECT_NE(file.find("paligemma_with_expert.gemma_expert.lm_head.weight"), nullptr);
+  const std::string inputs = (std::filesystem::temp_directory_path() / "pirt_cli_ckpt_in.safetensors").string();
+  ASSERT_EQ(run("make-inputs --model tiny --cameras 2 --out " + inputs).code, 0);
+  const Result infer = run("infer --device cpu --steps 2 --model " + dir.string() + " --inputs " + inputs +
+                           " --out " + (dir / "actions.safetensors").string());
+  EXPECT_EQ(infer.code, 0) << infer.err;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Cli, BenchRunsTheTinyModelOnTheCpu) {

@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "io/safetensors.h"
 #include "model/random_weights.h"
+#include "model/weight_table.h"
 #include "ops/ops.h"
 #include "pirt/engine.h"
 
@@ -285,7 +286,12 @@ int cmd_make_checkpoint(int argc, char** argv) {
   const ModelConfig& c = *named;
   if (dtype != "bf16" && dtype != "f32") throw_error("--dtype must be bf16 or f32, not \"" + dtype + "\"");
   const uint64_t seed = static_cast<uint64_t>(a.integer("--seed", 0, 0, 1L << 40));
-  write_checkpoint(out, c, random_weights(c, seed, dtype == "bf16" ? DType::BF16 : DType::F32));
+  const DType dt = dtype == "bf16" ? DType::BF16 : DType::F32;
+  std::map<std::string, HostTensor> weights = random_weights(c, seed, dt);
+  // openpi's converter also stores the action expert's LM head, which nothing uses (spec 6.2), and
+  // openpi's strict loader wants it: write it (zeros) so the files load in openpi as they are.
+  weights.emplace(kExpertLmHead, HostTensor(dt, {c.llm.vocab, c.expert.width}));
+  write_checkpoint(out, c, weights);
   std::printf("wrote %s: %s\n", out.c_str(), c.name().c_str());
   return 0;
 }
