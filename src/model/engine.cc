@@ -104,7 +104,9 @@ class EngineImpl final : public Engine {
                     in.images[layout.cameras[i]].ptr<float>() + b * img_elems, img_elems * sizeof(float));
       be_->to_device(images, p.images);
       HostTensor text(DType::I32, {std::max(p.n_text, 1)});
-      for (int i = 0; i < p.n_text; ++i) text.ptr<int32_t>()[i] = ids[layout.text[i]];
+      // A padding token (kept with --no-drop-padding) is masked out, so its id never reaches a valid
+      // output; check_inputs only range-checks valid ids, so embed id 0 in its place.
+      for (int i = 0; i < p.n_text; ++i) text.ptr<int32_t>()[i] = tmask[layout.text[i]] ? ids[layout.text[i]] : 0;
       be_->to_device(text, p.text_ids);
       upload_i32(layout.positions, p.prefix_pos);
       upload_i32(layout.q_block, p.prefix_qb);
@@ -151,7 +153,7 @@ class EngineImpl final : public Engine {
   void upload_i32(const std::vector<int32_t>& v, const Tensor& dev) {
     HostTensor h(DType::I32, dev.shape);
     PIRT_CHECK(static_cast<int64_t>(v.size()) == h.numel(), "upload_i32 size");
-    std::memcpy(h.ptr<int32_t>(), v.data(), v.size() * sizeof(int32_t));
+    if (!v.empty()) std::memcpy(h.ptr<int32_t>(), v.data(), v.size() * sizeof(int32_t));  // empty prefix: no data
     be_->to_device(h, dev);
   }
 

@@ -105,6 +105,24 @@ TEST_P(EngineTest, AnEmptyPrefixStillGivesActions) {
   EXPECT_LT(max_diff(a, b), 1e-4 * std::max(1.0, max_abs(a)));
 }
 
+TEST_P(EngineTest, PaddingTokenIdsAreNeverEmbedded) {
+  // Padding tokens are masked out, and check_inputs range-checks only valid ids. Kept in the prefix
+  // (--no-drop-padding), a padding id outside the vocabulary used to reach embed (an internal check
+  // on the CPU, an out-of-bounds read on CUDA); it must not change the actions.
+  const ModelConfig c = config_tiny(GetParam());
+  ModelInputs in = make_inputs(c, 1, 13);
+  EngineOptions keep = cpu();
+  keep.drop_padding = false;
+  auto engine = Engine::random(c, 1, keep);
+  const HostTensor a = engine->sample_actions(in, 2);
+  const int64_t L = in.tokenized_prompt.shape()[1];
+  ASSERT_FALSE(in.tokenized_prompt_mask.ptr<uint8_t>()[L - 1]);
+  in.tokenized_prompt.ptr<int32_t>()[L - 1] = -7;
+  in.tokenized_prompt.ptr<int32_t>()[L - 2] = c.llm.vocab + 100;
+  const HostTensor b = engine->sample_actions(in, 2);
+  EXPECT_EQ(max_diff(a, b), 0.0);
+}
+
 TEST_P(EngineTest, ABatchIsItsRowsRunAlone) {
   const ModelConfig c = config_tiny(GetParam());
   auto engine = Engine::random(c, 1, cpu());
