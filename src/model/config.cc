@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <climits>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -77,7 +79,44 @@ void validate(const ModelConfig& c) {
        "llm and expert must share depth, heads, kv_heads and head_dim (they share attention)");
   need(c.action_dim > 0 && c.action_horizon > 0 && c.max_token_len > 0,
        "action_dim, action_horizon and max_token_len must be positive");
+  // posemb_sincos splits the expert width into sin and cos halves (openpi raises for an odd width).
+  need(c.expert.width % 2 == 0, "expert.width must be even (the time embedding is sin | cos halves)");
+  // Upper bounds: the depth is walked before the weights are checked, the horizon and prompt length
+  // size buffers, and the projection widths are int products.
+  auto at_most = [](int64_t v, int64_t max, const char* what) {
+    if (v > max) throw_error(strformat("config: %s is %lld, more than pirt supports (%lld)", what, (long long)v,
+                                       (long long)max));
+  };
+  at_most(c.vision.depth, kMaxDepth, "vision.depth");
+  at_most(c.llm.depth, kMaxDepth, "llm.depth");
+  at_most(c.action_dim, kMaxLength, "action_dim");
+  at_most(c.action_horizon, kMaxLength, "action_horizon");
+  at_most(c.max_token_len, kMaxLength, "max_token_len");
+  at_most(int64_t{3} * c.vision.width, INT_MAX, "3 * vision.width");
+  at_most(int64_t{3} * c.expert.width, INT_MAX, "3 * expert.width");
+  for (const GemmaConfig* g : {&c.llm, &c.expert})
+    at_most((int64_t{g->heads} + 2 * int64_t{g->kv_heads}) * g->head_dim, INT_MAX,
+            g == &c.llm ? "(llm.heads + 2 * llm.kv_heads) * llm.head_dim"
+                        : "(expert.heads + 2 * expert.kv_heads) * expert.head_dim");
 }
+
+namespace {
+
+// An integer field that fits in an int. nlohmann's get<int>() would truncate 64.7 and wrap 1e10.
+int get_int(const nlohmann::json& obj, const char* key, const std::string& where) {
+  const nlohmann::json& v = obj.at(key);
+  const bool fits = v.is_number_unsigned()  ? v.get<uint64_t>() <= static_cast<uint64_t>(INT_MAX)
+                    : v.is_number_integer() ? v.get<int64_t>() >= INT_MIN && v.get<int64_t>() <= INT_MAX
+                                            : false;
+  if (!fits) throw_error("config.json: " + where + key + " must be a 32-bit integer, not " + v.dump());
+  return v.get<int>();
+}
+
+int get_int(const nlohmann::json& obj, const char* key, const std::string& where, int def) {
+  return obj.contains(key) ? get_int(obj, key, where) : def;
+}
+
+}  // namespace
 
 ModelConfig config_from_json(const std::string& json_text, bool pi05_hint) {
   nlohmann::json j;
@@ -99,20 +138,20 @@ ModelConfig config_from_json(const std::string& json_text, bool pi05_hint) {
       else
         throw_error("config.json: pirt.arch must be \"pi0\" or \"pi05\", not \"" + arch + "\"");
       const auto& v = p.at("vision");
-      c.vision = VisionConfig{v.at("image_size").get<int>(), v.at("patch").get<int>(),
-                              v.at("width").get<int>(),      v.at("depth").get<int>(),
-                              v.at("heads").get<int>(),      v.at("mlp").get<int>()};
-      auto gemma = [](const nlohmann::json& g, bool vocab) {
-        return GemmaConfig{g.at("width").get<int>(),    g.at("depth").get<int>(),
-                           g.at("heads").get<int>(),    g.at("kv_heads").get<int>(),
-                           g.at("head_dim").get<int>(), g.at("mlp").get<int>(),
-                           vocab ? g.at("vocab").get<int>() : 0};
+      const std::string pv = "pirt.vision.";
+      c.vision = VisionConfig{get_int(v, "image_size", pv), get_int(v, "patch", pv), get_int(v, "width", pv),
+                              get_int(v, "depth", pv),      get_int(v, "heads", pv), get_int(v, "mlp", pv)};
+      auto gemma = [](const nlohmann::json& g, const std::string& w, bool vocab) {
+        return GemmaConfig{get_int(g, "width", w),    get_int(g, "depth", w),
+                           get_int(g, "heads", w),    get_int(g, "kv_heads", w),
+                           get_int(g, "head_dim", w), get_int(g, "mlp", w),
+                           vocab ? get_int(g, "vocab", w) : 0};
       };
-      c.llm = gemma(p.at("llm"), true);
-      c.expert = gemma(p.at("expert"), false);
-      c.action_dim = p.at("action_dim").get<int>();
-      c.action_horizon = p.at("action_horizon").get<int>();
-      c.max_token_len = p.at("max_token_len").get<int>();
+      c.llm = gemma(p.at("llm"), "pirt.llm.", true);
+      c.expert = gemma(p.at("expert"), "pirt.expert.", false);
+      c.action_dim = get_int(p, "action_dim", "pirt.");
+      c.action_horizon = get_int(p, "action_horizon", "pirt.");
+      c.max_token_len = get_int(p, "max_token_len", "pirt.");
     } else {
       // openpi's converter writes {action_dim, action_horizon, paligemma_variant, action_expert_variant, precision}.
       c = pi05_hint ? config_pi05() : config_pi0();
@@ -123,9 +162,9 @@ ModelConfig config_from_json(const std::string& json_text, bool pi05_hint) {
       if (ev != "gemma_300m")
         throw_error("config.json: action_expert_variant \"" + ev +
                     "\" is not supported (only gemma_300m)");
-      c.action_dim = j.value("action_dim", 32);
-      c.action_horizon = j.value("action_horizon", 50);
-      if (j.contains("max_token_len")) c.max_token_len = j.at("max_token_len").get<int>();
+      c.action_dim = get_int(j, "action_dim", "", 32);
+      c.action_horizon = get_int(j, "action_horizon", "", 50);
+      c.max_token_len = get_int(j, "max_token_len", "", c.max_token_len);
     }
   } catch (const nlohmann::json::exception& e) {
     throw_error(std::string("config.json: missing or mistyped field: ") + e.what());

@@ -60,6 +60,11 @@ extern const char* const kCameraNames[ModelConfig::kNumCameras];
 ModelConfig config_from_json(const std::string& json_text, bool pi05_hint);
 std::string config_to_json(const ModelConfig& c);
 
+// Upper bounds that validate() enforces: far above any openpi model, low enough that a corrupt
+// config.json gives an error rather than a huge allocation or an int overflow.
+constexpr int kMaxDepth = 1024;
+constexpr int kMaxLength = 1 << 16;  // action_dim, action_horizon, max_token_len
+
 // Checks that the dimensions are usable; throws Error naming the bad field.
 void validate(const ModelConfig& c);
 

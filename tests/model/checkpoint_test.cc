@@ -8,6 +8,8 @@
 #include <fstream>
 #include <functional>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/random_weights.h"
@@ -62,6 +64,52 @@ void expect_same_weights(const Checkpoint& ck, const ModelConfig& c, const Weigh
     ASSERT_EQ(t.dtype, h.dtype()) << s.name;
     ASSERT_EQ(std::memcmp(t.data, h.view().data, t.nbytes()), 0) << s.name;
   }
+}
+
+// config.json with bad numbers: one Error naming the field, never a silent truncation, an int
+// overflow or a loop over two billion layers before the weights are even looked at.
+TEST(ConfigJson, BadDimensionsNameTheField) {
+  const ModelConfig tiny = config_tiny(Arch::Pi0);
+  auto error_of = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = nlohmann::json::parse(config_to_json(tiny));
+    edit(j);
+    try {
+      config_from_json(j.dump(), false);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_EQ(error_of([](nlohmann::json&) {}), "(no error)");
+  EXPECT_HAS(error_of([](nlohmann::json& j) { j["pirt"]["llm"]["width"] = 64.7; }),
+             "pirt.llm.width must be a 32-bit integer, not 64.7");
+  EXPECT_HAS(error_of([](nlohmann::json& j) { j["pirt"]["vision"]["mlp"] = 20000000000LL; }),
+             "pirt.vision.mlp must be a 32-bit integer, not 20000000000");
+  EXPECT_HAS(error_of([](nlohmann::json& j) { j["pirt"]["action_horizon"] = 1e3; }),
+             "pirt.action_horizon must be a 32-bit integer");
+  EXPECT_HAS(error_of([](nlohmann::json& j) {
+               j["pirt"]["llm"]["depth"] = 2000000000;
+               j["pirt"]["expert"]["depth"] = 2000000000;
+             }),
+             "llm.depth is 2000000000, more than pirt supports");
+  EXPECT_HAS(error_of([](nlohmann::json& j) {
+               j["pirt"]["llm"]["head_dim"] = 1 << 29;
+               j["pirt"]["expert"]["head_dim"] = 1 << 29;
+             }),
+             "llm.head_dim");
+  EXPECT_HAS(error_of([](nlohmann::json& j) { j["pirt"]["expert"]["width"] = 63; }), "expert.width must be even");
+  EXPECT_HAS(error_of([](nlohmann::json& j) { j["pirt"]["action_horizon"] = 2000000000; }),
+             "action_horizon is 2000000000");
+  EXPECT_HAS(error_of([](nlohmann::json& j) { j["pirt"]["max_token_len"] = 2000000000; }),
+             "max_token_len is 2000000000");
+  // openpi's own keys (no "pirt" block) are read the same way.
+  EXPECT_HAS(error_of([](nlohmann::json& j) {
+               j.erase("pirt");
+               j["paligemma_variant"] = "gemma_2b";
+               j["action_expert_variant"] = "gemma_300m";
+               j["action_horizon"] = 10.5;
+             }),
+             "action_horizon must be a 32-bit integer, not 10.5");
 }
 
 TEST_F(CheckpointTest, WritesAndOpensTinyPi0) {
