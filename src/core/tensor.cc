@@ -39,15 +39,28 @@ HostTensor::HostTensor(DType dtype, Shape shape) {
   view_.data = storage_->data();
 }
 
+namespace {
+
+// Element i of a host tensor, read with memcpy: a safetensors file may place a tensor at an offset
+// that is not a multiple of its element size (the format does not require alignment).
+template <class T>
+T load(const Tensor& t, int64_t i) {
+  T v;
+  std::memcpy(&v, static_cast<const uint8_t*>(t.data) + static_cast<size_t>(i) * sizeof(T), sizeof(T));
+  return v;
+}
+
+}  // namespace
+
 float load_f32(const Tensor& t, int64_t i) {
   switch (t.dtype) {
-    case DType::F32: return t.ptr<const float>()[i];
-    case DType::BF16: return bf16_to_f32(t.ptr<const uint16_t>()[i]);
-    case DType::F16: return f16_to_f32(t.ptr<const uint16_t>()[i]);
-    case DType::I32: return static_cast<float>(t.ptr<const int32_t>()[i]);
-    case DType::I64: return static_cast<float>(t.ptr<const int64_t>()[i]);
-    case DType::BOOL: return t.ptr<const uint8_t>()[i] ? 1.f : 0.f;
-    case DType::U8: return static_cast<float>(t.ptr<const uint8_t>()[i]);
+    case DType::F32: return load<float>(t, i);
+    case DType::BF16: return bf16_to_f32(load<uint16_t>(t, i));
+    case DType::F16: return f16_to_f32(load<uint16_t>(t, i));
+    case DType::I32: return static_cast<float>(load<int32_t>(t, i));
+    case DType::I64: return static_cast<float>(load<int64_t>(t, i));
+    case DType::BOOL: return load<uint8_t>(t, i) ? 1.f : 0.f;
+    case DType::U8: return static_cast<float>(load<uint8_t>(t, i));
   }
   return 0.f;
 }

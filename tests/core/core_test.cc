@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/bf16.h"
@@ -45,6 +46,28 @@ TEST(Tensor, ZeroRowsHaveARowSize) {
   EXPECT_EQ(t.view().row_size(), 7);
   EXPECT_EQ(t.view().rows(0, 0).numel(), 0);
   EXPECT_EQ(load_f32(HostTensor(DType::BF16, {1}).view(), 0), 0.f);
+}
+
+TEST(Tensor, LoadF32ReadsUnalignedElements) {
+  // safetensors does not require a tensor's offset to be a multiple of its element size, and a
+  // mapped file's tensors are read in place: load_f32 must not assume alignment (UBSan flags it).
+  alignas(8) uint8_t bytes[1 + 8];
+  const float f = 1.5f;
+  const uint16_t b = f32_to_bf16(-2.25f);
+  const int64_t i = -3;
+  Tensor t;
+  t.data = bytes + 1;
+  t.shape = Shape{1};
+  t.dtype = DType::F32;
+  std::memcpy(bytes + 1, &f, 4);
+  EXPECT_EQ(load_f32(t, 0), 1.5f);
+  t.dtype = DType::BF16;
+  std::memcpy(bytes + 1, &b, 2);
+  EXPECT_EQ(load_f32(t, 0), -2.25f);
+  t.dtype = DType::I64;
+  std::memcpy(bytes + 1, &i, 8);
+  EXPECT_EQ(load_f32(t, 0), -3.f);
+  EXPECT_EQ(to_f32(t).ptr<float>()[0], -3.f);
 }
 
 }  // namespace
