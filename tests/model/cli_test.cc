@@ -2,6 +2,7 @@
 // a bad file gives one clear line on stderr and exit code 2.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "io/safetensors.h"
+#include "model/random_weights.h"
 #include "pirt/engine.h"
 
 namespace {
@@ -19,11 +21,14 @@ struct Result {
 };
 
 Result run(const std::string& args) {
-  const std::string errfile = std::filesystem::temp_directory_path() / "pirt_cli_test.err";
+  // One file per process: ctest -j runs the tests of this file side by side.
+  const std::string errfile =
+      std::filesystem::temp_directory_path() / ("pirt_cli_test." + std::to_string(::getpid()) + ".err");
   const std::string cmd = std::string(PIRT_BINARY) + " " + args + " >/dev/null 2>" + errfile;
   const int status = std::system(cmd.c_str());
   std::ifstream f(errfile);
   std::string err((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::filesystem::remove(errfile);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, err};
 }
 
@@ -91,6 +96,19 @@ TEST(Cli, MakeCheckpointWritesOpenpisLayoutAndItLoads) {
 TEST(Cli, BenchRunsTheTinyModelOnTheCpu) {
   const Result r = run("bench --device cpu --iters 1 --warmup 0 --steps 2");
   EXPECT_EQ(r.code, 0) << r.err;
+}
+
+TEST(Cli, BenchRunsACheckpointWithATinyVocabulary) {
+  // bench draws prompt ids from [4, vocab) after BOS (2): with a vocabulary of 3 that range was
+  // empty (undefined behaviour in std::uniform_int_distribution) and BOS itself out of range.
+  const auto dir = std::filesystem::temp_directory_path() / "pirt_cli_vocab3";
+  std::filesystem::remove_all(dir);
+  pirt::ModelConfig c = pirt::config_tiny(pirt::Arch::Pi0);
+  c.llm.vocab = 3;
+  pirt::write_checkpoint(dir.string(), c, pirt::random_weights(c, 1, pirt::DType::BF16));
+  const Result r = run("bench --device cpu --iters 1 --warmup 0 --steps 1 --model " + dir.string());
+  EXPECT_EQ(r.code, 0) << r.err;
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

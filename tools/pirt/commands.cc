@@ -67,11 +67,13 @@ ModelInputs synthetic_inputs(const ModelConfig& c, int batch, int cameras, int p
   }
   in.tokenized_prompt = HostTensor(DType::I32, {batch, L});
   in.tokenized_prompt_mask = HostTensor(DType::BOOL, {batch, L});
-  std::uniform_int_distribution<int32_t> tok(4, c.llm.vocab - 1);
+  // Ids 4.. skip the tokenizer's special tokens (2 is BOS), where the vocabulary is big enough.
+  const int32_t vocab = c.llm.vocab, bos = std::min(2, vocab - 1);
+  std::uniform_int_distribution<int32_t> tok(std::min(4, vocab - 1), vocab - 1);
   for (int b = 0; b < batch; ++b)
     for (int64_t i = 0; i < L; ++i) {
       const bool valid = i < prompt_len;
-      in.tokenized_prompt.ptr<int32_t>()[b * L + i] = valid ? (i == 0 ? 2 : tok(rng)) : 0;
+      in.tokenized_prompt.ptr<int32_t>()[b * L + i] = valid ? (i == 0 ? bos : tok(rng)) : 0;
       in.tokenized_prompt_mask.ptr<uint8_t>()[b * L + i] = valid;
     }
   in.state = HostTensor(DType::F32, {batch, c.action_dim});
