@@ -104,6 +104,13 @@ TEST_F(BkcTest, MalformedFilesAreErrors) {
   EXPECT_NE(error_of(h100(1)).find("mean_ms must be positive"), std::string::npos) << error_of(h100(1));
 }
 
+TEST_F(BkcTest, MistypedFileMarginIsAnError) {
+  // Read outside the per-entry checks: it used to escape as a JSON library exception (pirt's
+  // "internal error", exit code 3) instead of an Error naming the file.
+  write(R"({"margin": "ten percent", "entries": []})");
+  EXPECT_NE(error_of(h100(1)).find("\"margin\" must be a number"), std::string::npos) << error_of(h100(1));
+}
+
 // The file that ships must stay valid.
 TEST(BkcShipped, BenchBkcJsonIsValid) {
   const std::string path = std::string(PIRT_SOURCE_DIR) + "/bench/bkc.json";

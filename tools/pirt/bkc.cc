@@ -22,7 +22,12 @@ BkcVerdict check_bkc(const std::string& path, const BenchFigures& f) {
   }
   if (!j.is_object() || !j.contains("entries") || !j["entries"].is_array())
     throw_error(path + ": expected an object with an \"entries\" array");
-  const double default_margin = j.value("margin", 0.10);
+  double default_margin = 0.10;
+  try {
+    default_margin = j.value("margin", 0.10);
+  } catch (const nlohmann::json::exception& ex) {
+    throw_error(path + ": \"margin\" must be a number: " + ex.what());
+  }
   BkcVerdict v;
   int index = 0;
   for (const auto& e : j["entries"]) {
