@@ -63,7 +63,10 @@ int NdArray::itemsize() const {
 
 int64_t NdArray::numel() const {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    if (d == 0) return 0;
+  for (int64_t d : shape)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) return -1;
   return n;
 }
 
@@ -82,9 +85,13 @@ void NdArray::validate() const {
   for (int64_t d : shape)
     if (d < 0) throw Error("negative array dimension in shape " + shape_str());
   const int64_t n = numel();
-  if (n < 0 || static_cast<uint64_t>(n) * static_cast<uint64_t>(itemsize()) != data.size())
+  int64_t bytes = 0;
+  if (n < 0 || __builtin_mul_overflow(n, static_cast<int64_t>(itemsize()), &bytes))
+    throw Error(strformat("array of dtype %s and shape %s is too large (over 2^63 bytes), got %zu bytes",
+                          dtype.c_str(), shape_str().c_str(), data.size()));
+  if (static_cast<uint64_t>(bytes) != data.size())
     throw Error(strformat("array of dtype %s and shape %s needs %lld bytes, got %zu", dtype.c_str(),
-                          shape_str().c_str(), static_cast<long long>(n) * itemsize(), data.size()));
+                          shape_str().c_str(), static_cast<long long>(bytes), data.size()));
 }
 
 double NdArray::get(int64_t i) const {

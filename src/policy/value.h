@@ -18,7 +18,7 @@ struct NdArray {
   // Kind and size from the dtype string: 'f' float, 'i' int, 'u' unsigned, 'b' bool, 'U' unicode.
   char kind() const { return dtype.size() >= 2 ? dtype[1] : '?'; }
   int itemsize() const;
-  int64_t numel() const;
+  int64_t numel() const;  // -1 for a negative dim or a product past int64
   std::string shape_str() const;  // "(224, 224, 3)", numpy style
   // Element i as a double; throws Error for dtypes that are not numbers or bool.
   double get(int64_t i) const;

@@ -2,7 +2,10 @@
 
 #include <msgpack.hpp>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -83,19 +86,38 @@ Value npgeneric_of(const msgpack::object& m) {
   }
   NdArray a;
   a.dtype = dt;
-  // Store the scalar in its own dtype.
+  // Store the scalar in its own dtype; a value the dtype cannot hold is an error (numpy raises
+  // OverflowError for ints; a C cast of such a double is undefined behaviour).
   auto put = [&a](auto x) { a.data.assign(reinterpret_cast<const char*>(&x), sizeof(x)); };
+  auto put_int = [&](auto zero) {
+    using T = decltype(zero);
+    if (data->type == msgpack::type::POSITIVE_INTEGER && std::is_unsigned_v<T> && sizeof(T) == 8)
+      return put(static_cast<T>(data->via.u64));
+    if (data->type == msgpack::type::NEGATIVE_INTEGER && std::is_signed_v<T> && sizeof(T) == 8)
+      return put(static_cast<T>(data->via.i64));
+    if (data->type == msgpack::type::POSITIVE_INTEGER && std::is_signed_v<T> && sizeof(T) == 8 &&
+        data->via.u64 <= static_cast<uint64_t>(INT64_MAX))
+      return put(static_cast<T>(data->via.u64));
+    // 2^63 and 2^64 are exact doubles; v < them keeps the cast defined.
+    const double lo = static_cast<double>(std::numeric_limits<T>::min());
+    const double hi = sizeof(T) == 8 ? (std::is_signed_v<T> ? 0x1p63 : 0x1p64)
+                                     : static_cast<double>(std::numeric_limits<T>::max()) + 1.0;
+    if (!(v >= lo && v < hi))
+      throw Error(strformat("msgpack-numpy: scalar %g is out of range for dtype '%s'", v, dt.c_str()));
+    put(static_cast<T>(v));
+  };
   if (dt == "<f8") put(v);
-  else if (dt == "<f4") put(static_cast<float>(v));
+  else if (dt == "<f4") put(static_cast<float>(std::fabs(v) <= std::numeric_limits<float>::max() || !std::isfinite(v)
+                                                   ? v : std::copysign(HUGE_VAL, v)));
   else if (dt == "|b1") put(static_cast<uint8_t>(v != 0));
-  else if (dt == "|u1") put(static_cast<uint8_t>(v));
-  else if (dt == "|i1") put(static_cast<int8_t>(v));
-  else if (dt == "<i2") put(static_cast<int16_t>(v));
-  else if (dt == "<u2") put(static_cast<uint16_t>(v));
-  else if (dt == "<i4") put(static_cast<int32_t>(v));
-  else if (dt == "<u4") put(static_cast<uint32_t>(v));
-  else if (dt == "<i8") put(data->type == msgpack::type::NEGATIVE_INTEGER ? data->via.i64 : static_cast<int64_t>(v));
-  else if (dt == "<u8") put(data->type == msgpack::type::POSITIVE_INTEGER ? data->via.u64 : static_cast<uint64_t>(v));
+  else if (dt == "|u1") put_int(uint8_t{});
+  else if (dt == "|i1") put_int(int8_t{});
+  else if (dt == "<i2") put_int(int16_t{});
+  else if (dt == "<u2") put_int(uint16_t{});
+  else if (dt == "<i4") put_int(int32_t{});
+  else if (dt == "<u4") put_int(uint32_t{});
+  else if (dt == "<i8") put_int(int64_t{});
+  else if (dt == "<u8") put_int(uint64_t{});
   else throw Error("msgpack-numpy: unsupported scalar dtype '" + dt + "'");
   return Value{std::move(a)};
 }

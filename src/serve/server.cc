@@ -40,6 +40,34 @@ std::string target_path(beast::string_view target) {
   return q == std::string::npos ? t : t.substr(0, q);
 }
 
+// A text frame must be UTF-8 (clients close with 1007 otherwise), but error messages may quote
+// request bytes (a dtype, a key): escape what is not UTF-8 as \xNN, as Python's repr would.
+std::string utf8_text(const std::string& s) {
+  std::string out;
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    size_t len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (len > 1) {
+      // Second byte ranges exclude overlongs, surrogates and code points past U+10FFFF.
+      const unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
+      const unsigned char hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+      bool ok = i + len <= n && p[i + 1] >= lo && p[i + 1] <= hi;
+      for (size_t k = 2; ok && k < len; ++k) ok = p[i + k] >= 0x80 && p[i + k] <= 0xbf;
+      if (!ok) len = 0;
+    }
+    if (len == 0) {
+      out += strformat("\\x%02x", c);
+      ++i;
+    } else {
+      out.append(s, i, len);
+      i += len;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -224,7 +252,7 @@ void Server::session(void* socket_ptr, uint64_t id) {
                       static_cast<long long>(n), e.what()));
         // openpi: the traceback as a text frame, then close 1011.
         ws.text(true);
-        ws.write(net::buffer(std::string("pirt: error in inference server:\n") + e.what() + "\n"), ec);
+        ws.write(net::buffer(utf8_text(std::string("pirt: error in inference server:\n") + e.what() + "\n")), ec);
         if (!ec) ws.close(websocket::close_reason(websocket::close_code::internal_error, kCloseReason), ec);
         if (!ec) {
           timeval tv{5, 0};  // wait for the client's close frame, but not forever

@@ -1,6 +1,10 @@
 // The msgpack-numpy codec against bytes that openpi_client's msgpack_numpy.packb produces.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
+#include <msgpack.hpp>
+
 #include "core/error.h"
 #include "serve/msgpack_numpy.h"
 
@@ -59,6 +63,96 @@ TEST(MsgpackNumpy, RejectsMalformed) {
   // ndarray whose data does not fit its shape, and a complex dtype.
   EXPECT_THROW(msgpack_decode(hex("84c40b5f5f6e6461727261795f5fc3c40464617461c40100c4056474797065a33c6634c40573686170659102")), Error);
   EXPECT_THROW(msgpack_decode(hex("84c40b5f5f6e6461727261795f5fc3c40464617461c40800000000000000004c4056474797065a33c6338c40573686170659101")), Error);
+}
+
+// Hand-packed msgpack-numpy, for what the encoder never writes.
+using Packer = msgpack::packer<msgpack::sbuffer>;
+void pack_str(Packer& p, const std::string& s) {
+  p.pack_str(static_cast<uint32_t>(s.size()));
+  p.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+std::string ndarray_bytes(const std::string& dtype, const std::vector<uint64_t>& shape, size_t data_bytes) {
+  msgpack::sbuffer buf;
+  Packer p(buf);
+  p.pack_map(4);
+  pack_str(p, "__ndarray__");
+  p.pack_true();
+  pack_str(p, "data");
+  const std::string data(data_bytes, '\0');
+  p.pack_bin(static_cast<uint32_t>(data.size()));
+  p.pack_bin_body(data.data(), static_cast<uint32_t>(data.size()));
+  pack_str(p, "dtype");
+  pack_str(p, dtype);
+  pack_str(p, "shape");
+  p.pack_array(static_cast<uint32_t>(shape.size()));
+  for (uint64_t d : shape) p.pack_uint64(d);
+  return std::string(buf.data(), buf.size());
+}
+template <class T>
+std::string npgeneric_bytes(const std::string& dtype, T data) {
+  msgpack::sbuffer buf;
+  Packer p(buf);
+  p.pack_map(3);
+  pack_str(p, "__npgeneric__");
+  p.pack_true();
+  pack_str(p, "data");
+  p.pack(data);
+  pack_str(p, "dtype");
+  pack_str(p, dtype);
+  return std::string(buf.data(), buf.size());
+}
+
+std::string error_of(const std::string& bytes) {
+  try {
+    msgpack_decode(bytes);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// Shapes whose element or byte count does not fit in int64 are rejected by name (before, the
+// product overflowed: undefined behaviour, and (2^62, 4) of <f4 wrapped to 0 bytes and was accepted).
+TEST(MsgpackNumpy, RejectsShapesWhoseSizeOverflows) {
+  for (const auto& shape : {std::vector<uint64_t>{1ull << 62, 4}, std::vector<uint64_t>{1ull << 32, 1ull << 32},
+                            std::vector<uint64_t>{INT64_MAX, 8}, std::vector<uint64_t>{1ull << 61}}) {
+    const std::string e = error_of(ndarray_bytes("<f4", shape, 0));
+    EXPECT_NE(e.find("is too large"), std::string::npos) << e;
+  }
+  // A zero dim makes an empty array, however big the others.
+  const Value v = msgpack_decode(ndarray_bytes("<f4", {0, 1ull << 62, 1ull << 62}, 0));
+  EXPECT_EQ(v.as_array().numel(), 0);
+}
+
+// A shape claiming terabytes is an error that names the sizes; nothing is allocated for it.
+TEST(MsgpackNumpy, RejectsHugeShapeWithoutTheData) {
+  const std::string e = error_of(ndarray_bytes("<f4", {1u << 20, 1u << 20}, 16));
+  EXPECT_NE(e.find("shape (1048576, 1048576) needs 4398046511104 bytes, got 16"), std::string::npos) << e;
+  EXPECT_NE(error_of(ndarray_bytes("<f8", {1ull << 63}, 0)).find("negative array dimension"), std::string::npos);
+}
+
+// numpy scalars whose value the dtype cannot hold are errors (a C cast of them is undefined).
+TEST(MsgpackNumpy, RejectsOutOfRangeScalars) {
+  for (const auto& [dtype, v] : std::vector<std::pair<std::string, double>>{
+           {"<i4", 1e10}, {"|u1", 256.0}, {"|u1", -1.0}, {"|i1", 1e300}, {"<i8", 1e19}, {"<u8", -1.0},
+           {"<i2", std::nan("")}, {"<u4", INFINITY}}) {
+    const std::string e = error_of(npgeneric_bytes(dtype, v));
+    EXPECT_NE(e.find("out of range for dtype '" + dtype + "'"), std::string::npos) << dtype << " " << v << ": " << e;
+  }
+  EXPECT_NE(error_of(npgeneric_bytes("<u8", int64_t{-1})).find("out of range for dtype '<u8'"), std::string::npos);
+  EXPECT_NE(error_of(npgeneric_bytes("<i8", uint64_t{1} << 63)).find("out of range for dtype '<i8'"),
+            std::string::npos);
+  // In range: exact, including the int64/uint64 extremes; a float32 overflow is inf as in numpy.
+  EXPECT_EQ(msgpack_decode(npgeneric_bytes("<i4", -2147483648.0)).as_array().get(0), -2147483648.0);
+  EXPECT_EQ(msgpack_decode(npgeneric_bytes("|u1", 255)).as_array().get(0), 255.0);
+  uint64_t u = 0;
+  std::memcpy(&u, msgpack_decode(npgeneric_bytes("<u8", UINT64_MAX)).as_array().data.data(), 8);
+  EXPECT_EQ(u, UINT64_MAX);
+  int64_t i = 0;
+  std::memcpy(&i, msgpack_decode(npgeneric_bytes("<i8", INT64_MIN)).as_array().data.data(), 8);
+  EXPECT_EQ(i, INT64_MIN);
+  EXPECT_TRUE(std::isinf(msgpack_decode(npgeneric_bytes("<f4", 1e300)).as_array().get(0)));
+  EXPECT_TRUE(std::isnan(msgpack_decode(npgeneric_bytes("<f4", std::nan(""))).as_array().get(0)));
 }
 
 }  // namespace

@@ -207,6 +207,20 @@ TEST_F(ServerTest, BadRequestsGetTextThenClose1011AndOthersGoOn) {
   EXPECT_EQ(server_->requests_failed(), 7);
 }
 
+// An error message that quotes request bytes which are not UTF-8 (a dtype, a key) still goes out
+// as a valid text frame (those bytes escaped as \\xNN), not one the client fails with 1007.
+TEST_F(ServerTest, ErrorTextIsValidUtf8WhenTheRequestIsNot) {
+  Value r = request(0.1);
+  NdArray s = r.find("observation/state")->as_array();
+  s.dtype = "<f\xff\xc3";
+  r.set("observation/state", s);
+  expect_error_then_close(port(), msgpack_encode(r), "unsupported array dtype '<f\\xff\\xc3'");
+  s.dtype = "\xc3\xa9\xed\xa0\x80";  // valid UTF-8 stays, a surrogate is escaped
+  r.set("observation/state", s);
+  expect_error_then_close(port(), msgpack_encode(r), "dtype '\xc3\xa9\\xed\\xa0\\x80'");
+  EXPECT_NO_THROW(Client(port()).infer(request(0.2)));
+}
+
 TEST_F(ServerTest, ConcurrentClientsAreBatchedAndGetTheirOwnAnswers) {
   constexpr int kClients = 8, kRequests = 50;
   std::vector<std::string> want(kClients);
