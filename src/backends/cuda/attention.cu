@@ -22,6 +22,13 @@
 #include "backends/cuda/mma.cuh"
 
 namespace pirt::cuda {
+
+// Test and bench knobs (not in kernels.h): 0 picks the kernel, 1 the flash kernel only, 2.. the split
+// kernel wherever it applies: its default is 2 row groups x 4 key parts (8 warps); head dim 256 only:
+// 2 = 4x2, 3 = 3x2, 4 = 4x4, 5 = 2x4, 6 = 3x4, 7 = 2x2.
+int attention_kernel_variant = 0;
+int attention_debug_phase = 0;  // split kernel timing breakdown (wrong results): see FastParams::debug
+
 namespace {
 
 constexpr int kWarps = 4;
@@ -42,6 +49,7 @@ struct FastParams {
   int S, Tq, Tk, Hq, Hkv, dh, G, R;
   int nsplit, tiles_per_split;
   float scale_log2;
+  int debug = 0;  // split kernel, bench only: 1 no loads, 2 no mma, 4 no merge, 8 return at once
 };
 
 template <int DHP>
@@ -431,6 +439,430 @@ void launch_fast(const FastParams& p, int row_tiles, bool cluster, cudaStream_t 
   }
 }
 
+// ---- the split kernel: few query tiles (the action steps), keys split over a cluster of up to 16 ----
+// A block is RW*KQ warps over RW*16 query rows and one 64-key tile at a time (K and V single-buffered;
+// with one tile a split, as for pi0's action steps, every cp.async of Q, K and V is issued up front).
+// Warp w = (rg = w % RW, kh = w / RW): Q.K^T of its 16 rows x keys [kh, kh+1) * 64/KQ; the KQ parts
+// agree on the row max through shared memory; P goes to shared memory as bf16; then P.V of its 16 rows
+// x all 64 keys x columns [kh, kh+1) * DHP/KQ. More warps in flight than the flash kernel at fewer
+// registers each; a query tile's key splits (up to 16: a non-portable cluster size) merge through DSMEM.
+// Default 2 x 4 (32 rows, 8 warps): pi0's action step is 13 query tiles x 7 splits (2 tiles each).
+// Measured on H100 (kernel_bench): the merge (~64 KB a block over DSMEM) and fixed costs dominate; a
+// merge through L2 (workspace) was slower, more splits (14, one tile each) no faster.
+constexpr int kMaxSplitCluster = 16;
+
+template <int DHP, int RW, int KQ>
+struct SplitSmem {
+  static constexpr int kBRs = RW * 16;
+  static constexpr int kStride = DHP + 8;   // bf16 a row of Q, K, V
+  static constexpr int kPStride = kBK + 8;  // bf16 a row of P
+  static constexpr int kOStride = DHP + 8;  // fp32 a row of the merge's O (aliases k and v)
+  bf16 q[kBRs * kStride];
+  bf16 k[kBK * kStride];
+  bf16 v[kBK * kStride];
+  bf16 pm[kBRs * kPStride];
+  int kb[kBK];
+  float xmax[KQ][kBRs];
+  float xsum[KQ][kBRs];
+  float ml[kBRs][2];
+  static_assert(sizeof(float) * kBRs * kOStride <= sizeof(bf16) * 2 * kBK * kStride, "O buffer must fit in k+v");
+  static_assert(sizeof(float) * kMaxSplitCluster <= sizeof(bf16) * kPStride, "merge weights must fit in pm");
+};
+
+template <int DHP, int RW, int KQ, bool IsK>
+__device__ __forceinline__ void split_load_tile(const FastParams& p, SplitSmem<DHP, RW, KQ>& sm, int s, int kvh, int key0,
+                                                int key_end) {
+  constexpr int chunks = DHP / 8, NT = RW * KQ * 32, ST = SplitSmem<DHP, RW, KQ>::kStride;
+  bf16* dst = IsK ? sm.k : sm.v;
+  const bf16* src = IsK ? p.k : p.v;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < kBK * chunks; i += NT) {
+    const int kr = i / chunks, c = i % chunks, key = key0 + kr;
+    const bool ok = key < key_end && c * 8 < p.dh;
+    const int64_t off = (((int64_t)s * p.Tk + (ok ? key : 0)) * p.Hkv + kvh) * p.dh + (ok ? c * 8 : 0);
+    cp_async16(&dst[kr * ST + c * 8], src + off, ok ? 16 : 0);
+  }
+}
+
+template <int DHP, int RW, int KQ>
+__global__ void __launch_bounds__(RW * KQ * 32, RW * KQ <= 8 ? 2 : 1) attention_split_kernel(const FastParams p) {
+  using SM = SplitSmem<DHP, RW, KQ>;
+  constexpr int NT = RW * KQ * 32, BR = RW * 16;
+  constexpr int KW = kBK / KQ;     // Q.K^T keys a warp
+  constexpr int ST = SM::kStride, PST = SM::kPStride;
+  constexpr int KS = DHP / 16;     // k-steps of Q.K^T
+  constexpr int HALF = DHP / KQ;   // P.V columns a warp
+  constexpr int NTH = HALF / 8;    // its n tiles
+  static_assert(NTH % 2 == 0 && KW % 16 == 0, "head dim parts and key parts must be multiples of 16");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  SM& sm = *reinterpret_cast<SM*>(smem_raw);
+  pdl_wait();
+  pdl_trigger();
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int rg = warp % RW, kh = warp / RW;  // row group, key part (Q.K^T) and column part (P.V)
+  if (p.debug & 8) return;
+  const int bh = blockIdx.y, s = bh / p.Hkv, kvh = bh % p.Hkv;
+  const int split = blockIdx.z;
+  const int row0 = blockIdx.x * BR;
+
+  const int ntiles_total = (p.Tk + kBK - 1) / kBK;
+  const int tile_begin = split * p.tiles_per_split;
+  const int tile_end = min(ntiles_total, tile_begin + p.tiles_per_split);
+  const int key_end = min(p.Tk, tile_end * kBK);
+
+  // Groups: {K0, Q}, {V0}, then per tile {K(i+1)}, {V(i+1)}.
+  const bool do_load = !(p.debug & 1), do_mma = !(p.debug & 2);
+  if (tile_begin < tile_end && do_load) split_load_tile<DHP, RW, KQ, true>(p, sm, s, kvh, tile_begin * kBK, key_end);
+  if (do_load) {
+    constexpr int chunks = DHP / 8;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < BR * chunks; i += NT) {
+      const int r = i / chunks, c = i % chunks, row = row0 + r;
+      const bool ok = row < p.R && c * 8 < p.dh;
+      const int64_t off = ok ? q_offset(p, s, kvh, row) + c * 8 : 0;
+      cp_async16(&sm.q[r * ST + c * 8], p.q + off, ok ? 16 : 0);
+    }
+  }
+  cp_async_commit();
+  if (tile_begin < tile_end && do_load) split_load_tile<DHP, RW, KQ, false>(p, sm, s, kvh, tile_begin * kBK, key_end);
+  cp_async_commit();
+
+  int qb[2];
+  float m_run[2], l_run[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + rg * 16 + g + 8 * h;
+    qb[h] = -1;
+    if (row < p.R) qb[h] = p.q_block ? p.q_block[(int64_t)s * p.Tq + row / p.G] : 0;
+    m_run[h] = -INFINITY;
+    l_run[h] = 0.f;
+  }
+  float o[NTH][4];
+#pragma unroll
+  for (int i = 0; i < NTH; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    if (threadIdx.x < kBK) {
+      const int key = tile * kBK + threadIdx.x;
+      sm.kb[threadIdx.x] = key < key_end ? (p.k_block ? p.k_block[(int64_t)s * p.Tk + key] : 0) : kMaskedKey;
+    }
+    cp_async_wait<1>();  // K(tile) (and Q)
+    __syncthreads();
+
+    // S = Q K^T: this warp's 16 rows x KW keys.
+    float sc[KW / 8][4];
+#pragma unroll
+    for (int i = 0; i < KW / 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[i][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < (do_mma ? KS : 0); ++ks) {
+      uint32_t a0, a1, a2, a3;
+      ldmatrix_x4(a0, a1, a2, a3, &sm.q[(rg * 16 + (lane & 15)) * ST + ks * 16 + (lane >> 4) * 8]);
+#pragma unroll
+      for (int np = 0; np < KW / 16; ++np) {
+        uint32_t b0, b1, b2, b3;
+        const int key = kh * KW + np * 16 + (lane >> 4) * 8 + (lane & 7);
+        ldmatrix_x4(b0, b1, b2, b3, &sm.k[key * ST + ks * 16 + ((lane >> 3) & 1) * 8]);
+        mma_bf16_16816(sc[2 * np], a0, a1, a2, a3, b0, b1);
+        mma_bf16_16816(sc[2 * np + 1], a0, a1, a2, a3, b2, b3);
+      }
+    }
+
+    // Mask, scale; the row max over both key halves.
+    float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < KW / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1, key = kh * KW + nt * 8 + 2 * t + (e & 1);
+        const float x = sm.kb[key] <= qb[h] ? sc[nt][e] * p.scale_log2 : -INFINITY;
+        sc[nt][e] = x;
+        tmax[h] = fmaxf(tmax[h], x);
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
+      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
+      if (t == 0) sm.xmax[kh][rg * 16 + g + 8 * h] = tmax[h];
+    }
+    __syncthreads();  // xmax visible; every warp is done with K(tile) and kb
+    if (tile + 1 < tile_end && do_load) split_load_tile<DHP, RW, KQ, true>(p, sm, s, kvh, (tile + 1) * kBK, key_end);
+    cp_async_commit();
+
+    float alpha[2], m_use[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float other = tmax[h];
+#pragma unroll
+      for (int j = 0; j < KQ; ++j) other = fmaxf(other, sm.xmax[j][rg * 16 + g + 8 * h]);
+      const float m_new = fmaxf(m_run[h], other);
+      m_use[h] = m_new == -INFINITY ? 0.f : m_new;
+      alpha[h] = exp2f(m_run[h] - m_use[h]);  // 0 when m_run is -inf
+      m_run[h] = m_new;
+    }
+    float rsum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < KW / 8; ++nt) {
+      const float p0 = exp2f(sc[nt][0] - m_use[0]), p1 = exp2f(sc[nt][1] - m_use[0]);
+      const float p2 = exp2f(sc[nt][2] - m_use[1]), p3 = exp2f(sc[nt][3] - m_use[1]);
+      rsum[0] += p0 + p1;
+      rsum[1] += p2 + p3;
+      const int col = kh * KW + nt * 8 + 2 * t;
+      *reinterpret_cast<uint32_t*>(&sm.pm[(rg * 16 + g) * PST + col]) = pack_bf16x2(p0, p1);
+      *reinterpret_cast<uint32_t*>(&sm.pm[(rg * 16 + g + 8) * PST + col]) = pack_bf16x2(p2, p3);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 1);
+      rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 2);
+      l_run[h] = l_run[h] * alpha[h] + rsum[h];  // this warp's key half only
+    }
+#pragma unroll
+    for (int i = 0; i < NTH; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+
+    cp_async_wait<1>();  // V(tile)
+    __syncthreads();     // V and P visible
+    // O += P V: this warp's 16 rows x 64 keys x its column half.
+#pragma unroll
+    for (int kk = 0; kk < (do_mma ? kBK / 16 : 0); ++kk) {
+      uint32_t a0, a1, a2, a3;
+      ldmatrix_x4(a0, a1, a2, a3, &sm.pm[(rg * 16 + (lane & 15)) * PST + kk * 16 + (lane >> 4) * 8]);
+#pragma unroll
+      for (int np = 0; np < NTH / 2; ++np) {
+        uint32_t b0, b1, b2, b3;
+        const int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4_trans(b0, b1, b2, b3, &sm.v[key * ST + kh * HALF + np * 16 + (lane >> 4) * 8]);
+        mma_bf16_16816(o[2 * np], a0, a1, a2, a3, b0, b1);
+        mma_bf16_16816(o[2 * np + 1], a0, a1, a2, a3, b2, b3);
+      }
+    }
+    __syncthreads();  // every warp is done with V(tile) and P
+    if (tile + 1 < tile_end && do_load) split_load_tile<DHP, RW, KQ, false>(p, sm, s, kvh, (tile + 1) * kBK, key_end);
+    cp_async_commit();
+  }
+  cp_async_wait<0>();
+
+  // The row sums of both key halves (same running max).
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    if (t == 0) sm.xsum[kh][rg * 16 + g + 8 * h] = l_run[h];
+  __syncthreads();
+
+  if (p.nsplit == 1) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int rl = rg * 16 + g + 8 * h, row = row0 + rl;
+      if (row >= p.R) continue;
+      float l = 0.f;
+#pragma unroll
+      for (int j = 0; j < KQ; ++j) l += sm.xsum[j][rl];
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      bf16* dst = p.out + q_offset(p, s, kvh, row);
+#pragma unroll
+      for (int i = 0; i < NTH; ++i) {
+        const int col = kh * HALF + i * 8 + 2 * t;
+        if (col < p.dh)
+          *reinterpret_cast<uint32_t*>(dst + col) = pack_bf16x2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+      }
+    }
+    return;
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // thread-block clusters need sm_90; the host launches split clusters only there
+#else
+  // Each block leaves its unnormalised O and (max, sum) in its shared memory; block `rank` of the
+  // cluster finishes columns [rank, rank+1) * DHP / cs of all rows, reading every block's partials
+  // through DSMEM.
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  float(*wts)[kMaxSplitCluster] = reinterpret_cast<float(*)[kMaxSplitCluster]>(sm.pm);  // P is free
+  constexpr int OST = SM::kOStride;
+  float* obuf = reinterpret_cast<float*>(sm.k);  // k and v are free (synced above)
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int rl = rg * 16 + g + 8 * h;
+#pragma unroll
+    for (int i = 0; i < NTH; ++i)
+      *reinterpret_cast<float2*>(obuf + rl * OST + kh * HALF + i * 8 + 2 * t) = make_float2(o[i][2 * h], o[i][2 * h + 1]);
+  }
+  if (kh == 0 && t == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int rl = rg * 16 + g + 8 * h;
+      sm.ml[rl][0] = m_run[h];
+      float l = 0.f;
+#pragma unroll
+      for (int j = 0; j < KQ; ++j) l += sm.xsum[j][rl];
+      sm.ml[rl][1] = l;
+    }
+  }
+  cluster.sync();
+  if (p.debug & 4) {
+    cluster.sync();
+    return;
+  }
+  const int cs = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
+  if (threadIdx.x < BR) {
+    const int rl = threadIdx.x;
+    float ms[kMaxSplitCluster], ls[kMaxSplitCluster], mx = -INFINITY;
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplitCluster; ++sp) {
+      ms[sp] = -INFINITY, ls[sp] = 0.f;
+      if (sp < cs) {
+        const float2 r = *cluster.map_shared_rank(reinterpret_cast<float2*>(&sm.ml[rl][0]), sp);
+        ms[sp] = r.x, ls[sp] = r.y;
+        mx = fmaxf(mx, ms[sp]);
+      }
+    }
+    const float m_use = mx == -INFINITY ? 0.f : mx;
+    float total = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplitCluster; ++sp) total += ls[sp] * exp2f(ms[sp] - m_use);
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplitCluster; ++sp) wts[rl][sp] = exp2f(ms[sp] - m_use) * inv;
+  }
+  __syncthreads();
+  const int c4_begin = rank * (DHP / 4) / cs, c4_end = (rank + 1) * (DHP / 4) / cs, width = c4_end - c4_begin;
+  for (int idx = threadIdx.x; idx < BR * width; idx += NT) {
+    const int rl = idx / width, c = (c4_begin + idx % width) * 4, row = row0 + rl;
+    if (row >= p.R || c >= p.dh) continue;
+    float4 v[kMaxSplitCluster];
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplitCluster; ++sp)
+      if (sp < cs) v[sp] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(obuf + rl * OST + c, sp));
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplitCluster; ++sp)
+      if (sp < cs) {
+        const float w = wts[rl][sp];
+        acc.x += w * v[sp].x, acc.y += w * v[sp].y, acc.z += w * v[sp].z, acc.w += w * v[sp].w;
+      }
+    bf16* dst = p.out + q_offset(p, s, kvh, row) + c;  // dh % 8 == 0: all 4 columns are inside
+    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(acc.x, acc.y);
+    *reinterpret_cast<uint32_t*>(dst + 2) = pack_bf16x2(acc.z, acc.w);
+  }
+  cluster.sync();  // the other blocks may still read this block's shared memory
+#endif
+}
+
+template <int DHP, int RW, int KQ>
+void launch_split(const FastParams& p, cudaStream_t s) {
+  const size_t smem = sizeof(SplitSmem<DHP, RW, KQ>);
+  static bool attr_set = false, nonportable_set = false;
+  if (!attr_set) {
+    CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<DHP, RW, KQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attr_set = true;
+  }
+  if (p.nsplit > kMaxCluster && !nonportable_set) {
+    CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<DHP, RW, KQ>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    nonportable_set = true;
+  }
+  const int row_tiles = (p.R + RW * 16 - 1) / (RW * 16);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(row_tiles, p.S * p.Hkv, p.nsplit);
+  cfg.blockDim = dim3(RW * KQ * 32);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[2];
+  int na = 0;
+  if (p.nsplit > 1) {
+    attr[na].id = cudaLaunchAttributeClusterDimension;
+    attr[na].val.clusterDim.x = 1;
+    attr[na].val.clusterDim.y = 1;
+    attr[na].val.clusterDim.z = p.nsplit;
+    ++na;
+  }
+  if (pdl_enabled()) {  // starts during the previous kernel's tail; waits for it before any load
+    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[na].val.programmaticStreamSerializationAllowed = 1;
+    ++na;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = na;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, attention_split_kernel<DHP, RW, KQ>, p));
+}
+
+// Whether the device takes a non-portable cluster of 16 split blocks (queried once).
+bool big_clusters_ok() {
+  static int ok = -1;
+  if (ok < 0) {
+    ok = 0;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9) {
+      const size_t smem = sizeof(SplitSmem<256, 2, 4>);
+      if (cudaFuncSetAttribute(attention_split_kernel<256, 2, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) ==
+              cudaSuccess &&
+          cudaFuncSetAttribute(attention_split_kernel<256, 2, 4>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
+              cudaSuccess) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(1, 1, kMaxSplitCluster);
+        cfg.blockDim = dim3(256);  // 2 x 4 warps
+        cfg.dynamicSmemBytes = smem;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 1;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = kMaxSplitCluster;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        int n = 0;
+        if (cudaOccupancyMaxActiveClusters(&n, attention_split_kernel<256, 2, 4>, &cfg) == cudaSuccess && n >= 4) ok = 1;
+      }
+    }
+    cudaGetLastError();  // clear a failed query
+  }
+  return ok == 1;
+}
+
+
+// Which kernel takes a shape. The split kernel needs clusters for its merge (cluster = true: sm_90)
+// and head dims whose halves are multiples of 16; it takes the shapes with few query tiles.
+struct Plan {
+  bool split_kernel = false;
+  int rw = 2;  // split kernel: 16-row groups a block
+  int kq = 4;  // split kernel: key / column parts (warps = rw * kq)
+  Split sp;
+};
+
+Plan choose_plan(const AttentionArgs& a, int num_sms, int force_splits, bool cluster) {
+  Plan pl;
+  pl.sp = choose_split(a, num_sms, force_splits, cluster);
+  const int dhp = padded_head_dim(a.Dh);
+  const int variant = attention_kernel_variant;
+  if (variant == 1 || !cluster || a.Tk == 0 || !(dhp == 64 || dhp == 128 || dhp == 256)) return pl;
+  const int G = a.Hq / a.Hkv, R = a.Tq * G;
+  const bool few = 2 * ((R + kBR - 1) / kBR) * a.S * a.Hkv < num_sms;  // the flash kernel would split keys
+  if (variant == 0 && !few) return pl;
+  pl.split_kernel = true;
+  if (dhp == 256 && variant >= 2) {
+    static const int kCfg[][2] = {{4, 2}, {3, 2}, {4, 4}, {2, 4}, {3, 4}, {2, 2}};  // variants 2..7
+    if (variant > 7) return Plan{false, 2, 4, pl.sp};
+    pl.rw = kCfg[variant - 2][0];
+    pl.kq = kCfg[variant - 2][1];
+  }
+  const int base = (R + pl.rw * 16 - 1) / (pl.rw * 16) * a.S * a.Hkv;
+  const int ntiles = (a.Tk + kBK - 1) / kBK;
+  const int maxc = big_clusters_ok() ? kMaxSplitCluster : kMaxCluster;
+  int ns = force_splits > 0 ? force_splits : (few ? (num_sms + base - 1) / base : 1);
+  ns = std::max(1, std::min({ns, ntiles, maxc}));
+  const int per = (ntiles + ns - 1) / ns;
+  ns = (ntiles + per - 1) / per;
+  pl.sp = {ns, per, ns > 1};
+  return pl;
+}
+
 // ---- the simple kernel: one warp per (sequence, query, head), three passes over the keys ----
 constexpr int kRefMaxDh = 512;
 
@@ -484,8 +916,9 @@ __global__ void attention_reference_kernel(const AttentionArgs a) {
 int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force_splits, bool cluster) {
   const int dhp = padded_head_dim(a.Dh);
   if (!dhp) return 0;
-  const Split sp = choose_split(a, num_sms, force_splits, cluster);
-  if (sp.nsplit == 1 || sp.cluster) return 0;
+  const Plan pl = choose_plan(a, num_sms, force_splits, cluster);
+  const Split sp = pl.sp;
+  if (pl.split_kernel || sp.nsplit == 1 || sp.cluster) return 0;  // the split kernel merges through DSMEM
   const int64_t R = (int64_t)a.Tq * (a.Hq / a.Hkv);
   return (int64_t)a.S * a.Hkv * sp.nsplit * R * (dhp + 2) * 4;
 }
@@ -499,6 +932,7 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
     return false;
   const int64_t need = attention_workspace_bytes(a, num_sms, force_splits, cluster);
   if (need > ws_bytes) return false;
+  const Plan pl = choose_plan(a, num_sms, force_splits, cluster);
   FastParams p;
   p.q = static_cast<const bf16*>(a.q);
   p.k = static_cast<const bf16*>(a.k);
@@ -514,7 +948,7 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
   p.dh = a.Dh;
   p.G = a.Hq / a.Hkv;
   p.R = a.Tq * p.G;
-  const Split sp = choose_split(a, num_sms, force_splits, cluster);
+  const Split sp = pl.sp;
   p.nsplit = sp.nsplit;
   p.tiles_per_split = sp.tiles_per_split;
   p.ws_o = ws;
@@ -522,6 +956,22 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
   p.scale_log2 = a.scale * kLog2e;
   const int row_tiles = (p.R + kBR - 1) / kBR;
   if (a.Tk == 0) p.nsplit = 1, p.tiles_per_split = 0;
+  if (pl.split_kernel) {
+    p.debug = attention_debug_phase;
+    p.ws_o = p.ws_ml = nullptr;
+    switch (dhp * 100 + pl.rw * 10 + pl.kq) {
+      case 6424: launch_split<64, 2, 4>(p, s); break;
+      case 12824: launch_split<128, 2, 4>(p, s); break;
+      case 25642: launch_split<256, 4, 2>(p, s); break;
+      case 25632: launch_split<256, 3, 2>(p, s); break;
+      case 25644: launch_split<256, 4, 4>(p, s); break;
+      case 25624: launch_split<256, 2, 4>(p, s); break;
+      case 25634: launch_split<256, 3, 4>(p, s); break;
+      case 25622: launch_split<256, 2, 2>(p, s); break;
+      default: return false;
+    }
+    return true;
+  }
   const bool use_cluster = sp.cluster && p.nsplit > 1;
   switch (dhp) {
     case 16: launch_fast<16>(p, row_tiles, use_cluster, s); break;
