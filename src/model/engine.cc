@@ -34,6 +34,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, [[maybe_unused]
     CudaOptions co;
     co.graphs = opt.graphs;
     co.own_small_gemm = opt.own_small_gemm;
+    co.pdl = opt.pdl;
     co.tuning_file = opt.tuning_file;
     return make_cuda_backend(co);
   }

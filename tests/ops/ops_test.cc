@@ -637,6 +637,20 @@ TEST(CudaBackend, GraphReplayIsExact) {
   EXPECT_GT(graphed->memory_peak(), size_t{30} << 20);
 }
 
+// Every linear case of at most 64 rows through our small-M GEMM (whatever the tuning table says),
+// against the CPU oracle with the case's tolerance (`pirt tune` checks each other configuration
+// it times against an fp32 product before it may win).
+TEST(CudaBackend, SmallGemmMatchesCpu) {
+  CudaOptions forced;
+  forced.force_small_gemm = true;
+  forced.tuning_file = "none";
+  auto gpu = cuda_backend(forced);
+  if (!gpu) GTEST_SKIP() << "no CUDA device";
+  for (const OpCase& oc : all_cases())
+    if (oc.name.find("linear/expert") == 0 || oc.name.find("linear/small") == 0 || oc.name.find("linear/pi05") == 0)
+      check_case(oc, *gpu, " [small gemm]");
+}
+
 // Our small-M GEMM against cuBLASLt on the action-step shapes (both bf16: two roundings apart).
 TEST(CudaBackend, SmallGemmMatchesCublasLt) {
   CudaOptions forced;

@@ -26,6 +26,7 @@ EngineOptions engine_options(const Args& a) {
   o.fuse_projections = !a.flag("--no-fuse");
   o.graphs = !a.flag("--no-graphs");
   o.own_small_gemm = !a.flag("--no-small-gemm");
+  o.pdl = a.flag("--pdl");
   o.tuning_file = a.str("--tuning");
   return o;
 }
@@ -36,8 +37,11 @@ const char* kEngineFlagsHelp =
     "  --no-fuse                separate Q/K/V and gate/up projections\n"
     "  --no-graphs              issue every kernel instead of replaying one CUDA graph per shape\n"
     "  --no-small-gemm          cuBLASLt even where the tuning table picked our small-M GEMM\n"
+    "  --pdl                    programmatic dependent launch: our kernels start during the tail of\n"
+    "                           the one before (off by default: a loss on the H100)\n"
+
     "  --tuning FILE|none       GEMM algorithms per shape (pirt tune); default: bench/tuning/ for this GPU\n";
-const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm"};
+const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm", "--pdl"};
 
 namespace {
 
@@ -198,7 +202,8 @@ int cmd_bench(int argc, char** argv) {
                          {{"drop_padding", opt.drop_padding},
                           {"fuse_projections", opt.fuse_projections},
                           {"graphs", opt.graphs},
-                          {"own_small_gemm", opt.own_small_gemm}}}};
+                          {"own_small_gemm", opt.own_small_gemm},
+                          {"pdl", opt.pdl}}}};
     std::ofstream f(a.str("--json"));
     if (!f) throw_error("cannot write " + a.str("--json"));
     f << j.dump(2) << "\n";

@@ -32,9 +32,7 @@ using namespace pirt::cuda;
 constexpr size_t kAlign = 256;
 constexpr size_t kSlabBytes = 64ull << 20;  // small tensors share slabs of this size
 constexpr size_t kLtWorkspace = 32ull << 20;
-constexpr size_t kSmallGemmWorkspace = 16ull << 20;
 constexpr size_t kAttentionWorkspace = 16ull << 20;
-constexpr int kCounters = 16384;
 
 size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -51,16 +49,15 @@ class CudaBackend final : public Backend {
     name_ = std::string("cuda: ") + prop.name;
     num_sms_ = prop.multiProcessorCount;
     // Thread-block clusters (the attention's in-cluster merge of key splits) exist from sm_90 on.
-    if (prop.major < 9) opt_.attention_clusters = false;
+    // Our small-M GEMM (clusters, griddepcontrol) and programmatic dependent launch as well.
+    if (prop.major < 9) opt_.attention_clusters = false, opt_.own_small_gemm = false, opt_.pdl = false;
+    set_pdl_enabled(opt_.pdl);
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     lt_ws_ = raw_alloc(kLtWorkspace);
     lt_ = std::make_unique<LtGemm>(lt_ws_, kLtWorkspace);
     tuning_ = load_gpu_tuning(opt.tuning_file, prop.name);
     lt_->set_tuning(tuning_.get());
-    small_ws_ = static_cast<float*>(raw_alloc(kSmallGemmWorkspace));
     attn_ws_ = static_cast<float*>(raw_alloc(kAttentionWorkspace));
-    counters_ = static_cast<int*>(raw_alloc(kCounters * sizeof(int)));
-    CUDA_CHECK(cudaMemset(counters_, 0, kCounters * sizeof(int)));
   }
 
   ~CudaBackend() override {
@@ -202,20 +199,17 @@ class CudaBackend final : public Backend {
     const SmallConfig tuned_small = tuned ? small_config(tuned->algorithm) : SmallConfig{};
     const bool tuned_lt = tuned && tuned->algorithm.kind == "lt";
 
-    // 1. Few rows, bf16: the weight-streaming kernel, where the tuning table picked it for this
-    // shape. Without a table row cuBLASLt runs: on an H100 it beat our kernel on every action-step
-    // shape (1.7-3x, bench/RESULTS.md), so the kernel is not a default until it wins.
-    const bool tuned_small_chosen = tuned && !tuned_lt;
-    if (opt_.own_small_gemm && (tuned_small_chosen || opt_.force_small_gemm) && x.dtype == DType::BF16 && w.dtype == DType::BF16 &&
-        small_gemm_supported(m, n, k) &&
-        aligned16(x.data) && aligned16(w.data) && is_float(out.dtype) && out.dtype != DType::F16 &&
-        bt != DType::F16 && rt != DType::F16) {
-      const SmallGemmPlan plan = small_gemm_plan(m, n, k, num_sms_, tuned_small.cw, tuned_small.wk);
-      if (plan.ws_bytes <= (int64_t)kSmallGemmWorkspace && plan.row_tiles <= kCounters) {
-        small_gemm(plan, x.data, w.data, bptr, bt, ep, rptr, rt, out.data, out.dtype, m, n, k, small_ws_, counters_,
-                   stream_);
-        return;
-      }
+    // 1. Few rows, bf16: the weight-streaming kernel (sm_90a), where the tuning table picked it
+    // ("small:" rows) or it is forced. Without a row cuBLASLt runs: on an H100 it is faster on every
+    // action-step shape (our kernel streams at full speed but its split-K reduction costs 4-6 us;
+    // bench/RESULTS.md), so the kernel is not a default until it wins.
+    const bool small_wanted = opt_.force_small_gemm || (opt_.own_small_gemm && tuned && !tuned_lt);
+    if (small_wanted && opt_.own_small_gemm && x.dtype == DType::BF16 && w.dtype == DType::BF16 &&
+        small_gemm_supported(m, n, k) && aligned16(x.data) && aligned16(w.data) && is_float(out.dtype) &&
+        out.dtype != DType::F16 && bt != DType::F16 && rt != DType::F16) {
+      const SmallGemmPlan plan = small_gemm_plan(m, n, k, num_sms_, tuned_small.bn, tuned_small.splits);
+      small_gemm(plan, x.data, w.data, bptr, bt, ep, rptr, rt, out.data, out.dtype, m, n, k, stream_);
+      return;
     }
     // 2. cuBLASLt with its fused epilogue (bias, GELU, residual as C with beta = 1).
     const bool lt_types = x.dtype == w.dtype && (x.dtype == DType::BF16 || x.dtype == DType::F32) &&
@@ -455,9 +449,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<LtGemm> lt_;
   std::shared_ptr<const TuningTable> tuning_;
   void* lt_ws_ = nullptr;
-  float* small_ws_ = nullptr;
   float* attn_ws_ = nullptr;
-  int* counters_ = nullptr;
   std::vector<void*> blocks_;
   uint8_t* slab_ = nullptr;
   size_t slab_used_ = 0;

@@ -17,12 +17,15 @@ namespace pirt {
 struct CudaOptions {
   int device = 0;
   bool graphs = true;          // capture Backend::run() once per key and replay it
-  // Our weight-streaming GEMM for M <= 64 where the tuning table picked it (cuBLASLt otherwise);
-  // force_small_gemm uses it for every shape it supports (tests, kernel benchmarks).
+  // Our weight-streaming GEMM for M <= 64 (sm_90a) where the tuning table picked it (cuBLASLt
+  // otherwise); force_small_gemm uses it for every shape it supports, whatever the table says.
   bool own_small_gemm = true;
   bool force_small_gemm = false;
   bool fast_attention = true;  // the flash kernel; false: a simple one-warp-per-row kernel (debugging)
   bool attention_clusters = true;  // key splits merged in a thread-block cluster; false: a merge kernel
+  // Programmatic dependent launch of our kernels (sm_90+): each may start during the tail of the one
+  // before. Off by default: with cuBLASLt between them it cost 1-4% end to end (bench/RESULTS.md).
+  bool pdl = false;
   std::string tuning_file;     // per-shape GEMM algorithms (issue 4); empty: the shipped file for this GPU
 };
 

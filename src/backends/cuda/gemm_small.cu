@@ -3,29 +3,33 @@
 // out[m, n] = ep(sum_k x[m, k] w[n, k] + bias[n]) + residual[m, n], m <= 64.
 //
 // Each step of the action expert reads every weight once (0.62 GB a step) and does little arithmetic
-// per byte, so the floor is HBM bandwidth. cuBLASLt streams these shapes at 0.56-1.6 TB/s (too few
+// per byte, so the floor is HBM bandwidth. cuBLASLt streams these shapes at 0.56-2 TB/s (too few
 // output tiles to fill 132 SMs; see shared/perf/cublaslt-h100.md). Here:
-// - A block is 8 warps; each warp owns 32 rows of w (two m16 tiles) and CW chunks of 32 k. The
-//   block's warps are laid out (8/wk) along n by wk along k, and the grid splits k further, so that
-//   every SM has blocks and every weight byte is loaded exactly once.
-// - Each thread issues all its weight loads (16 bytes each, L1 bypassed) before any math: with two
-//   blocks an SM, 64 KB of weights are in flight per SM.
-// - The weights are the mma's A operand straight from registers, without a trip through shared
-//   memory: a 16-byte load of row r at k = 8t..8t+7 is spread over the k slots of two mma k-steps.
-//   The k order inside a sum does not matter, so x (the B operand, from shared memory) is loaded with
-//   the same permutation.
-// - Warps along k are reduced through shared memory; blocks along k write fp32 partials, and the last
-//   block of each row tile (an atomic counter) adds them in a fixed order (deterministic) and applies
-//   the epilogue: bias, GELU, residual, store as bf16 or f32.
+// - A block owns BN columns of n (rows of w) and a contiguous range of 64-wide k chunks; the plan
+//   picks BN and the number of k splits so that every SM streams about the same number of bytes.
+// - Weights and x flow through a cp.async pipeline in shared memory (16-byte copies into the
+//   128-byte-swizzled layout wgmma reads; 96 KB, two blocks an SM). The math is wgmma m64nBNk16
+//   (sm_90a): x is the 64-row A operand (rows past m unused), w the B operand; each of the two
+//   warpgroups takes half of every chunk's k, so issuing the math costs a few instructions a chunk.
+// - The k splits of one column tile are a thread-block cluster: each block leaves its fp32 partial
+//   tiles in its shared memory and, after a cluster barrier, block r adds slice r of the tile over
+//   all blocks through distributed shared memory, in a fixed order (deterministic), and applies the
+//   epilogue (bias, GELU, residual; bf16 or f32 out). No workspace, no second kernel.
+// - Programmatic dependent launch: the weight loads of the first stages are issued before waiting
+//   for the previous kernel (weights never depend on it), so the pipeline fills during its tail.
+#include <cooperative_groups.h>
+
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/mma.cuh"
+#include "backends/cuda/wgmma.cuh"
 
 namespace pirt::cuda {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
+constexpr int kThreads = 256;
+constexpr int kBK = 64;  // k a chunk: 128 bytes a row, eight 16-byte pieces
+constexpr int kMaxCluster = 8;
 
 struct Params {
   const bf16* x;
@@ -33,242 +37,295 @@ struct Params {
   const void* bias;
   const void* residual;
   void* out;
-  float* ws;
-  int* counters;
   int M, N, K;
-  int wk, splits;
+  int nchunks;
   int bias_bf16, res_bf16, out_bf16;
   int gelu;
+  int debug;  // kernel_bench's breakdown only (bits): 1 no reduction or epilogue, 2 no data wait,
+              // 4 stop after the first cluster barrier, 8 no epilogue loads or stores
 };
+
+// Pipeline depth: 96 KB of stages a block, so that two blocks fit an SM.
+template <int BN>
+constexpr int stages_for() {
+  return BN >= 128 ? 4 : BN >= 64 ? 6 : 8;
+}
+
+template <int BN>
+constexpr size_t smem_bytes() {
+  constexpr size_t stage = (size_t)(BN + 64) * kBK * 2;
+  constexpr size_t pipe = stage * stages_for<BN>();
+  constexpr size_t red = (size_t)2 * 64 * BN * 4;
+  return (pipe > red ? pipe : red) + 1024;  // + alignment of the tiles to 1024 bytes (swizzle atoms)
+}
+
+// Element offset of 16-byte piece j of row r in a swizzled [rows][64] bf16 tile.
+__device__ __forceinline__ int swz(int r, int j) { return r * kBK + ((j ^ (r & 7)) << 3); }
 
 __device__ __forceinline__ float ld_any(const void* p, int is_bf16, int64_t i) {
   return is_bf16 ? __bfloat162float(static_cast<const bf16*>(p)[i]) : static_cast<const float*>(p)[i];
 }
 
-__device__ __forceinline__ void epilogue_store(const Params& p, int m, int n, float v) {
-  if (p.bias) v += ld_any(p.bias, p.bias_bf16, n);
-  if (p.gelu) v = gelu_tanh(v);
-  const int64_t i = (int64_t)m * p.N + n;
-  if (p.residual) v += ld_any(p.residual, p.res_bf16, i);
-  if (p.out_bf16)
-    static_cast<bf16*>(p.out)[i] = __float2bfloat16(v);
-  else
-    static_cast<float*>(p.out)[i] = v;
-}
+// Block: 2 warpgroups; warpgroup wg multiplies k16 steps 2wg and 2wg + 1 of every chunk into its
+// own 64 x BN accumulator (wgmma m64nBNk16, x as A with rows >= MT * 16 unused, w as B).
+template <int BN, int MT>
+__global__ void __launch_bounds__(kThreads, 2) stream_gemm_kernel(const Params p) {
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma, clusters and griddepcontrol need sm_90a; the host uses this kernel only there
+#else
+  namespace cg = cooperative_groups;
+  constexpr int MP = MT * 16;
+  constexpr int S = stages_for<BN>();
+  constexpr int W_ELEMS = BN * kBK, X_ELEMS = 64 * kBK, STAGE = W_ELEMS + X_ELEMS;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  bf16* smem = reinterpret_cast<bf16*>(base);
 
-template <int MT, int CW>
-__global__ void __launch_bounds__(kThreads, CW >= 4 ? 1 : 2) small_gemm_kernel(const Params p) {
-  constexpr int MP = MT * 8;
-  extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int s_last;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  const int wk = p.wk, wr = kWarps / wk;
-  const int rows_b = wr * 32, kb = wk * CW * 32;
-  const int tile = blockIdx.x, split = blockIdx.y;
-  const int warp_n = warp % wr, warp_k = warp / wr;
-  const int n_block = tile * rows_b, k_block = split * kb;
-  const int n_warp = n_block + warp_n * 32, k_warp = k_block + warp_k * CW * 32;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+  const int n0 = blockIdx.x * BN;
+  const int cs = gridDim.y, rank = blockIdx.y;  // k splits = cluster size along y
+  const int c_begin = (int)((int64_t)rank * p.nchunks / cs), c_end = (int)((int64_t)(rank + 1) * p.nchunks / cs);
+  const int nch = c_end - c_begin;
 
-  // 1. This thread's weights, all loads in flight before any use.
-  uint4 wv[2][2][CW];
+  auto load_w = [&](int c, int slot) {
+    bf16* dst = smem + slot * STAGE;
+    const int k0 = (c_begin + c) * kBK;
 #pragma unroll
-  for (int sub = 0; sub < 2; ++sub)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = n_warp + sub * 16 + h * 8 + g;
-#pragma unroll
-      for (int c = 0; c < CW; ++c) {
-        const int col = k_warp + c * 32 + 8 * t;
-        wv[sub][h][c] = (row < p.N && col < p.K) ? ld_stream16(p.w + (int64_t)row * p.K + col) : make_uint4(0, 0, 0, 0);
-      }
+    for (int i = tid; i < BN * 8; i += kThreads) {
+      const int r = i >> 3, j = i & 7, n = n0 + r, k = k0 + j * 8;
+      const bool ok = n < p.N && k < p.K;
+      cp_async16(dst + swz(r, j), ok ? p.w + (int64_t)n * p.K + k : p.w, ok ? 16 : 0);
     }
+  };
+  auto load_x = [&](int c, int slot) {
+    bf16* dst = smem + slot * STAGE + W_ELEMS;
+    const int k0 = (c_begin + c) * kBK;
+#pragma unroll
+    for (int i = tid; i < MP * 8; i += kThreads) {
+      const int r = i >> 3, j = i & 7, k = k0 + j * 8;
+      const bool ok = r < p.M && k < p.K;
+      cp_async16(dst + swz(r, j), ok ? p.x + (int64_t)r * p.K + k : p.x, ok ? 16 : 0);
+    }
+  };
 
-  // 2. x[0:MP, k_block : k_block + kb] into shared memory (zeros past m and k), all copies in flight
-  // at once. Rows are padded by 64 bytes so that the 8 rows a quarter-warp reads fall in different banks.
-  const int xstride = kb + 32;
-  bf16* xs = reinterpret_cast<bf16*>(smem);
-  const int row_chunks = kb / 8;
-  for (int i = tid; i < MP * row_chunks; i += kThreads) {
-    const int m = i / row_chunks, c8 = (i % row_chunks) * 8, kg = k_block + c8;
-    const bool ok = m < p.M && kg < p.K;
-    cp_async16(xs + m * xstride + c8, ok ? p.x + (int64_t)m * p.K + kg : p.x, ok ? 16 : 0);
+  // Prologue: weights of the first S-1 chunks before the wait (they do not depend on the previous
+  // kernel), then x. Group i = {x(i)} (+ all the early weights in group 0).
+  pdl_trigger();
+#pragma unroll
+  for (int c = 0; c < S - 1; ++c)
+    if (c < nch) load_w(c, c);
+  pdl_wait();
+#pragma unroll
+  for (int c = 0; c < S - 1; ++c) {
+    if (c < nch) load_x(c, c);
+    cp_async_commit();
   }
-  cp_async_commit();
+
+  float acc[BN / 2];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+
+  for (int c = 0; c < nch; ++c) {
+    if (p.debug & 2) break;
+    cp_async_wait<S - 2>();
+    fence_proxy_async_smem();  // the copies into chunk c's slot, visible to wgmma
+    __syncthreads();           // chunk c is in; every warpgroup is done with chunk c - 1's slot
+    {
+      const int cn = c + S - 1;
+      if (cn < nch) {
+        load_w(cn, cn % S);
+        load_x(cn, cn % S);
+      }
+      cp_async_commit();
+    }
+    const bf16* ws = smem + (c % S) * STAGE;
+    const bf16* xs = ws + W_ELEMS;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      const int ks = wg * 2 + kk;
+      wgmma_bf16<BN>(acc, wgmma_desc(xs + ks * 16), wgmma_desc(ws + ks * 16), 1);
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+  }
   cp_async_wait<0>();
-  __syncthreads();
-
-  // 3. The products: per 32-k chunk and m tile, one 16-byte B load serves both row tiles.
-  float acc[2][MT][4];
-#pragma unroll
-  for (int sub = 0; sub < 2; ++sub)
-#pragma unroll
-    for (int j = 0; j < MT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[sub][j][e] = 0.f;
-#pragma unroll
-  for (int c = 0; c < CW; ++c) {
-    const int kk = warp_k * CW * 32 + c * 32 + 8 * t;
-#pragma unroll
-    for (int j = 0; j < MT; ++j) {
-      const uint4 bx = *reinterpret_cast<const uint4*>(xs + (j * 8 + g) * xstride + kk);
-#pragma unroll
-      for (int sub = 0; sub < 2; ++sub) {
-        mma_bf16_16816(acc[sub][j], wv[sub][0][c].x, wv[sub][1][c].x, wv[sub][0][c].y, wv[sub][1][c].y, bx.x, bx.y);
-        mma_bf16_16816(acc[sub][j], wv[sub][0][c].z, wv[sub][1][c].z, wv[sub][0][c].w, wv[sub][1][c].w, bx.z, bx.w);
-      }
-    }
-  }
-  __syncthreads();  // xs is reused below
-
-  // 4. Warp results into shared memory: red[warp_k][row][m], rows padded to MP + 1 floats.
-  constexpr int rstride = MP + 1;
-  float* red = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int sub = 0; sub < 2; ++sub)
-#pragma unroll
-    for (int j = 0; j < MT; ++j) {
-      const int r = warp_n * 32 + sub * 16 + g, m = j * 8 + 2 * t;
-      float* base = red + (warp_k * rows_b + r) * rstride + m;
-      base[0] = acc[sub][j][0];
-      base[1] = acc[sub][j][1];
-      base[8 * rstride] = acc[sub][j][2];
-      base[8 * rstride + 1] = acc[sub][j][3];
-    }
-  __syncthreads();
-
-  // 5. Sum the warps along k; finish here when k is not split across blocks.
-  const int outs = p.M * rows_b;
-  if (p.splits == 1) {
-    for (int i = tid; i < outs; i += kThreads) {
-      const int m = i / rows_b, r = i % rows_b, n = n_block + r;
-      float v = 0.f;
-      for (int w = 0; w < wk; ++w) v += red[(w * rows_b + r) * rstride + m];
-      if (n < p.N) epilogue_store(p, m, n, v);
-    }
+  __syncthreads();  // the pipeline's shared memory becomes the partial tiles
+  if (p.debug & 1) {
+    if (acc[0] == 12345.f) static_cast<float*>(p.out)[0] = acc[1];  // keeps the math
     return;
   }
-  // Partials: ws[split][tile][m][rows_b], written as float4 along the rows.
-  const int q4 = rows_b / 4, outs4 = p.M * q4;
-  const int64_t split_stride = (int64_t)gridDim.x * MP * rows_b;
-  float* part = p.ws + split * split_stride + (int64_t)tile * MP * rows_b;
-  for (int i = tid; i < outs4; i += kThreads) {
-    const int m = i / q4, r = (i % q4) * 4;
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int w = 0; w < wk; ++w)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) v[e] += red[(w * rows_b + r + e) * rstride + m];
-    __stcg(reinterpret_cast<float4*>(part + m * rows_b + r), make_float4(v[0], v[1], v[2], v[3]));
-  }
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) s_last = atomicAdd(&p.counters[tile], 1) == p.splits - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
 
-  // 6. The last block of this row tile: add the partials in split order (loads of all splits in
-  // flight together), then the epilogue.
-  const float* mine = p.ws + (int64_t)tile * MP * rows_b;
-  for (int i = tid; i < outs4; i += kThreads) {
-    const int m = i / q4, r = (i % q4) * 4;
-    const float* src = mine + m * rows_b + r;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-    for (int s = 0; s < p.splits; ++s) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + s * split_stride));
-      acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
-    }
-    const float a[4] = {acc.x, acc.y, acc.z, acc.w};
+  // Partial tiles red[wg][m][BN] in fp32 (rows m >= M are never read).
+  float* red = reinterpret_cast<float*>(base);
+  {
+    const int g = lane >> 2, t = lane & 3, row = (warp & 3) * 16 + g;
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      if (n_block + r + e < p.N) epilogue_store(p, m, n_block + r + e, a[e]);
+    for (int j = 0; j < BN / 8; ++j) {
+      float* dst = red + ((size_t)wg * 64 + row) * BN + j * 8 + 2 * t;
+      *reinterpret_cast<float2*>(dst) = make_float2(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<float2*>(dst + 8 * BN) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+    }
   }
-  if (tid == 0) p.counters[tile] = 0;
+  __syncthreads();
+  // The two warpgroups' tiles summed into red[0] (rows < M), so a cluster peer reads one tile.
+  for (int i = tid; i < p.M * (BN / 4); i += kThreads) {
+    float4* r4 = reinterpret_cast<float4*>(red);
+    const float4 a = r4[i], b = r4[64 * (BN / 4) + i];
+    r4[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+  }
+  cg::cluster_group cluster = cg::this_cluster();
+  if (cs > 1)
+    cluster.sync();
+  else
+    __syncthreads();
+  if (p.debug & 4) {
+    if (cs > 1) cluster.sync();
+    return;
+  }
+
+  // Block `rank` finishes quads [q_begin, q_end) of the M x BN tile (4 columns a quad): the
+  // partials of every block of the cluster are loaded at once (DSMEM latency overlaps), then added
+  // in rank order.
+  const int quads = p.M * (BN / 4);
+  const int q_begin = (int)((int64_t)rank * quads / cs), q_end = (int)((int64_t)(rank + 1) * quads / cs);
+  const float* peer[kMaxCluster];
+#pragma unroll
+  for (int r = 0; r < kMaxCluster; ++r) peer[r] = cs > 1 ? cluster.map_shared_rank(red, r < cs ? r : 0) : red;
+  for (int q = q_begin + tid; q < q_end; q += kThreads) {
+    const int m = q / (BN / 4), c4 = (q % (BN / 4)) * 4;
+    float4 u[kMaxCluster];
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r)
+      if (r < cs) u[r] = *reinterpret_cast<const float4*>(peer[r] + (size_t)m * BN + c4);
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r)
+      if (r < cs) v.x += u[r].x, v.y += u[r].y, v.z += u[r].z, v.w += u[r].w;
+    if (p.debug & 8) {
+      if (v.x == 12345.f) static_cast<float*>(p.out)[0] = v.y;
+      continue;
+    }
+    float o[4] = {v.x, v.y, v.z, v.w};
+    const int n = n0 + c4;
+    const int64_t i0 = (int64_t)m * p.N + n;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (n + e >= p.N) break;
+      float y = o[e];
+      if (p.bias) y += ld_any(p.bias, p.bias_bf16, n + e);
+      if (p.gelu) y = gelu_tanh(y);
+      if (p.residual) y += ld_any(p.residual, p.res_bf16, i0 + e);
+      o[e] = y;
+    }
+    if (p.out_bf16) {
+      bf16* dst = static_cast<bf16*>(p.out) + i0;
+      if (n + 4 <= p.N && (p.N & 3) == 0) {
+        uint2 u;
+        u.x = pack_bf16x2(o[0], o[1]);
+        u.y = pack_bf16x2(o[2], o[3]);
+        *reinterpret_cast<uint2*>(dst) = u;
+      } else {
+        for (int e = 0; e < 4 && n + e < p.N; ++e) dst[e] = __float2bfloat16(o[e]);
+      }
+    } else {
+      float* dst = static_cast<float*>(p.out) + i0;
+      if (n + 4 <= p.N && (p.N & 3) == 0)
+        *reinterpret_cast<float4*>(dst) = make_float4(o[0], o[1], o[2], o[3]);
+      else
+        for (int e = 0; e < 4 && n + e < p.N; ++e) dst[e] = o[e];
+    }
+  }
+  if (cs > 1) cluster.sync();  // the other blocks may still read this block's partial tile
+#endif
 }
 
-template <int MT, int CW>
-void launch(const SmallGemmPlan& plan, const Params& p, cudaStream_t s) {
-  constexpr int MP = MT * 8;
-  const int kb = plan.wk * CW * 32;
-  const size_t xs_bytes = (size_t)MP * (kb + 32) * 2;
-  const size_t red_bytes = (size_t)kThreads * (MP + 1) * 4;  // wk * rows_b == 256 rows
-  const size_t smem = xs_bytes > red_bytes ? xs_bytes : red_bytes;
-  auto kernel = small_gemm_kernel<MT, CW>;
-  static bool attr_set = false;  // per instantiation; the limit only grows
+template <int BN, int MT>
+void launch_bn_mt(const SmallGemmPlan& plan, const Params& p, cudaStream_t s) {
+  auto kernel = stream_gemm_kernel<BN, MT>;
+  constexpr size_t smem = smem_bytes<BN>();
+  static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr_set = true;
   }
-  dim3 grid(plan.row_tiles, plan.splits);
-  kernel<<<grid, kThreads, smem, s>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch(kernel, dim3(plan.col_tiles, plan.splits), dim3(kThreads), smem, s, plan.splits, p);
 }
 
-template <int CW>
-void launch_mt(const SmallGemmPlan& plan, const Params& p, cudaStream_t s) {
+template <int BN>
+void launch_bn(const SmallGemmPlan& plan, const Params& p, cudaStream_t s) {
   switch (plan.mt) {
-    case 1: launch<1, CW>(plan, p, s); break;
-    case 2: launch<2, CW>(plan, p, s); break;
-    case 3: launch<3, CW>(plan, p, s); break;
-    case 4: launch<4, CW>(plan, p, s); break;
-    case 5: launch<5, CW>(plan, p, s); break;
-    case 6: launch<6, CW>(plan, p, s); break;
-    case 7: launch<7, CW>(plan, p, s); break;
-    case 8: launch<8, CW>(plan, p, s); break;
+    case 1: launch_bn_mt<BN, 1>(plan, p, s); break;
+    case 2: launch_bn_mt<BN, 2>(plan, p, s); break;
+    case 3: launch_bn_mt<BN, 3>(plan, p, s); break;
+    case 4: launch_bn_mt<BN, 4>(plan, p, s); break;
     default: PIRT_CHECK(false, "small_gemm: mt %d", plan.mt);
   }
 }
 
 }  // namespace
 
+int small_gemm_debug = 0;
+
 bool small_gemm_supported(int64_t m, int64_t n, int64_t k) {
   return m >= 1 && m <= 64 && n >= 1 && k >= 8 && k % 8 == 0 && n < (1 << 30) && k < (1 << 30);
 }
 
-SmallGemmPlan small_gemm_plan(int64_t m, int64_t n, int64_t k, int num_sms, int force_cw, int force_wk) {
-  SmallGemmPlan plan;
-  plan.mt = static_cast<int>((m + 7) / 8);
-  // Default: two 32-k chunks a warp, 4 warps along k (a block is 64 rows x 256 k, 32 KB of
-  // weights). Narrow matrices (few row tiles) take more warps along k to keep the splits few.
-  plan.cw = 2;
-  plan.wk = 4;
-  if (n <= 1024 && k >= 2048) plan.wk = 8;
-  if (force_cw) plan.cw = force_cw;
-  if (force_wk) plan.wk = force_wk;
-  (void)num_sms;
-  const int rows_b = (kWarps / plan.wk) * 32, kb = plan.wk * plan.cw * 32;
-  plan.row_tiles = static_cast<int>((n + rows_b - 1) / rows_b);
-  plan.splits = static_cast<int>((k + kb - 1) / kb);
-  plan.ws_bytes = plan.splits > 1 ? (int64_t)plan.splits * plan.row_tiles * plan.mt * 8 * rows_b * 4 : 0;
-  return plan;
+// Cost of a plan: the bytes the busiest SM streams (two blocks fit an SM, so ceil(blocks / SMs)
+// blocks share one), weights plus a quarter for x (from L2), plus a little per split for the
+// cluster reduction. The cheapest wins; ties go to the wider tile and fewer splits.
+SmallGemmPlan small_gemm_plan(int64_t m, int64_t n, int64_t k, int num_sms, int force_bn, int force_splits) {
+  SmallGemmPlan best;
+  best.mt = static_cast<int>((m + 15) / 16);
+  const int64_t nch = (k + kBK - 1) / kBK;
+  double best_cost = 1e300;
+  for (int bn : {128, 64, 32}) {
+    if (force_bn && bn != force_bn) continue;
+    const int64_t tiles = (n + bn - 1) / bn;
+    for (int cs = 1; cs <= kMaxCluster; ++cs) {
+      if (force_splits && cs != force_splits) continue;
+      if (cs > nch) break;
+      const int64_t blocks = tiles * cs, per_sm = (blocks + num_sms - 1) / num_sms;
+      const int64_t per = (nch + cs - 1) / cs;
+      const double cost = (double)per_sm * per * (bn + 16) + 2.0 * cs;
+      if (cost < best_cost - 1e-9) {
+        best_cost = cost;
+        best.bn = bn;
+        best.splits = cs;
+        best.col_tiles = static_cast<int>(tiles);
+      }
+    }
+  }
+  if (best.bn == 0) {  // a forced configuration that cannot run: the default
+    return small_gemm_plan(m, n, k, num_sms, 0, 0);
+  }
+  best.stages = best.bn >= 128 ? 4 : best.bn >= 64 ? 6 : 8;
+  return best;
 }
 
 void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const void* bias, DType bt, Epilogue ep,
-                const void* residual, DType rt, void* out, DType ot, int64_t m, int64_t n, int64_t k, float* ws,
-                int* counters, cudaStream_t s) {
+                const void* residual, DType rt, void* out, DType ot, int64_t m, int64_t n, int64_t k,
+                cudaStream_t s) {
   Params p;
   p.x = static_cast<const bf16*>(x);
   p.w = static_cast<const bf16*>(w);
   p.bias = bias;
   p.residual = residual;
   p.out = out;
-  p.ws = ws;
-  p.counters = counters;
   p.M = static_cast<int>(m);
   p.N = static_cast<int>(n);
   p.K = static_cast<int>(k);
-  p.wk = plan.wk;
-  p.splits = plan.splits;
+  p.nchunks = static_cast<int>((k + kBK - 1) / kBK);
   p.bias_bf16 = bt == DType::BF16;
   p.res_bf16 = rt == DType::BF16;
   p.out_bf16 = ot == DType::BF16;
   p.gelu = ep == Epilogue::GeluTanh;
-  switch (plan.cw) {
-    case 1: launch_mt<1>(plan, p, s); break;
-    case 2: launch_mt<2>(plan, p, s); break;
-    case 4: launch_mt<4>(plan, p, s); break;
-    default: PIRT_CHECK(false, "small_gemm: cw %d", plan.cw);
+  p.debug = small_gemm_debug;
+  switch (plan.bn) {
+    case 32: launch_bn<32>(plan, p, s); break;
+    case 64: launch_bn<64>(plan, p, s); break;
+    case 128: launch_bn<128>(plan, p, s); break;
+    default: PIRT_CHECK(false, "small_gemm: bn %d", plan.bn);
   }
 }
 

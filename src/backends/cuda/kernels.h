@@ -13,6 +13,11 @@
 
 namespace pirt::cuda {
 
+// Programmatic dependent launch for our kernels (common.cuh launch()); on by default where the
+// device is sm_90+ (the backend turns it off elsewhere and for --no-pdl).
+bool pdl_enabled();
+void set_pdl_enabled(bool on);
+
 // ---- elementwise and row kernels (elementwise.cu) ----
 void convert(const void* src, DType st, void* dst, DType dt, int64_t n, cudaStream_t s);
 void rms_norm(const void* x, DType xt, const void* w, DType wt, void* out, DType ot, int64_t rows,
@@ -52,24 +57,33 @@ void linear_epilogue(const float* acc, const void* bias, DType bt, Epilogue ep, 
 void simple_gemm(const void* x, DType xt, const void* w, DType wt, float* acc, int64_t m, int64_t n,
                  int64_t k, cudaStream_t s);
 
-// The weight-streaming bf16 GEMM for m <= 64 (gemm_small.cu). x[m, k], w[n, k] bf16, row-major,
-// 16-byte aligned, k % 8 == 0. Split-K over blocks; the last block of each row tile reduces the
-// fp32 partials in `ws` and applies the epilogue. `counters` (one int per row tile, zero on entry)
-// are left zero. Returns false (and launches nothing) where the shape is not supported.
+// The weight-streaming bf16 GEMM for m <= 64 (gemm_small.cu), sm_90+ only (clusters).
+// x[m, k], w[n, k] bf16, row-major, 16-byte aligned, k % 8 == 0. Column tiles of bn, k split over
+// `splits` blocks of one cluster that reduce through distributed shared memory; no workspace.
 struct SmallGemmPlan {
-  int mt = 0;        // m tiles of 8 (1..8)
-  int cw = 2;        // k chunks of 32 per warp
-  int wk = 4;        // warps along k (8 / wk along n)
-  int splits = 1;    // blocks along k
+  int mt = 0;         // m tiles of 16 (1..4)
+  int bn = 0;         // columns of n a block (32, 64, 128)
+  int splits = 1;     // blocks along k (the cluster size, 1..8)
+  int stages = 0;     // cp.async pipeline depth (fixed by bn)
+  int col_tiles = 0;  // blocks along n
+  // Compatibility with callers of the previous kernel (kernel_bench): always 0 / unused.
+  int cw = 0, wk = 0;
   int64_t ws_bytes = 0;
   int row_tiles = 0;
 };
-SmallGemmPlan small_gemm_plan(int64_t m, int64_t n, int64_t k, int num_sms, int force_cw = 0,
-                              int force_wk = 0);
+// The default plan, or the one with bn = force_bn and/or splits = force_splits where that can run.
+SmallGemmPlan small_gemm_plan(int64_t m, int64_t n, int64_t k, int num_sms, int force_bn = 0,
+                              int force_splits = 0);
 bool small_gemm_supported(int64_t m, int64_t n, int64_t k);
+extern int small_gemm_debug;  // kernel_bench's breakdown (gemm_small.cu); 0 in the engine
 void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const void* bias, DType bt,
                 Epilogue ep, const void* residual, DType rt, void* out, DType ot, int64_t m,
-                int64_t n, int64_t k, float* ws, int* counters, cudaStream_t s);
+                int64_t n, int64_t k, cudaStream_t s);
+inline void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const void* bias, DType bt,
+                       Epilogue ep, const void* residual, DType rt, void* out, DType ot, int64_t m,
+                       int64_t n, int64_t k, float* /*ws*/, int* /*counters*/, cudaStream_t s) {
+  small_gemm(plan, x, w, bias, bt, ep, residual, rt, out, ot, m, n, k, s);
+}
 
 // ---- attention (attention.cu) ----
 struct AttentionArgs {

@@ -87,7 +87,7 @@ std::shared_ptr<const TuningTable> load_gpu_tuning(const std::string& file, cons
 
 SmallConfig small_config(const GemmAlgorithm& a) {
   if (a.kind != "small") return {};
-  return {static_cast<int>(a.get("cw")), static_cast<int>(a.get("wk"))};
+  return {static_cast<int>(a.get("bn")), static_cast<int>(a.get("splits"))};
 }
 
 std::string cuda_gpu_name(int device) {
@@ -202,8 +202,6 @@ bool find_lt_algo(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, cublasLtMatrixL
 namespace {
 
 constexpr size_t kLtWorkspace = 32ull << 20;       // as the backend's
-constexpr size_t kSmallWorkspace = 16ull << 20;    // as the backend's
-constexpr int kCounters = 16384;
 
 cudaDataType_t cuda_type(DType t) {
   switch (t) {
@@ -380,8 +378,7 @@ std::vector<TuneReport> tune_gemms(const std::vector<GemmKey>& keys, const TuneO
   CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   cublasLtHandle_t lt = nullptr;
   CUBLAS_CHECK(cublasLtCreate(&lt));
-  DevBuf lt_ws(kLtWorkspace), small_ws(kSmallWorkspace), counters(kCounters * sizeof(int));
-  CUDA_CHECK(cudaMemset(counters.p, 0, kCounters * sizeof(int)));
+  DevBuf lt_ws(kLtWorkspace);
 
   std::vector<TuneReport> reports;
   for (const GemmKey& key : keys) {
@@ -409,24 +406,23 @@ std::vector<TuneReport> tune_gemms(const std::vector<GemmKey>& keys, const TuneO
     std::vector<Candidate> cands;
     std::string default_algo;
     // Our small-M kernel, each configuration (as linear() decides whether it applies).
-    const bool small_ok = key.x == DType::BF16 && key.w == DType::BF16 && small_gemm_supported(m, n, k) &&
-                          key.out != DType::F16 && !(key.has_bias && key.bias == DType::F16) &&
-                          !(key.has_res && key.res == DType::F16);
+    const bool small_ok = prop.major >= 9 && key.x == DType::BF16 && key.w == DType::BF16 &&
+                          small_gemm_supported(m, n, k) && key.out != DType::F16 &&
+                          !(key.has_bias && key.bias == DType::F16) && !(key.has_res && key.res == DType::F16);
     if (small_ok) {
       const SmallGemmPlan def = small_gemm_plan(m, n, k, sms);
-      if (def.ws_bytes <= (int64_t)kSmallWorkspace && def.row_tiles <= kCounters)
-        default_algo = strformat("small:cw=%d,wk=%d,splits=%d", def.cw, def.wk, def.splits);
+      default_algo = strformat("small:bn=%d,splits=%d", def.bn, def.splits);
       if (opt.small)
-        for (int cw : {1, 2, 4})
-          for (int wk : {1, 2, 4, 8}) {
-            const SmallGemmPlan plan = small_gemm_plan(m, n, k, sms, cw, wk);
-            if (plan.ws_bytes > (int64_t)kSmallWorkspace || plan.row_tiles > kCounters) continue;
+        for (int bn : {32, 64, 128})
+          for (int splits = 1; splits <= 8; ++splits) {
+            const SmallGemmPlan plan = small_gemm_plan(m, n, k, sms, bn, splits);
+            if (plan.bn != bn || plan.splits != splits) continue;  // cannot run: fell back to the default
+            if ((int64_t)plan.col_tiles * splits > 4 * sms) continue;  // many waves: never the fastest
             Candidate c;
             c.algo.kind = "small";
-            c.algo.params = {{"cw", cw}, {"wk", wk}, {"splits", plan.splits}};
+            c.algo.params = {{"bn", bn}, {"splits", splits}};
             c.launch = [&, plan](int i) {
-              small_gemm(plan, x.p, weights(i), bptr, key.bias, ep, rptr, key.res, out.p, key.out, m, n, k,
-                         static_cast<float*>(small_ws.p), static_cast<int*>(counters.p), s);
+              small_gemm(plan, x.p, weights(i), bptr, key.bias, ep, rptr, key.res, out.p, key.out, m, n, k, s);
             };
             cands.push_back(std::move(c));
           }

@@ -49,9 +49,9 @@ const std::vector<std::pair<std::string, std::string>>& shipped_tuning_tables();
 // an empty table. Throws Error for a malformed file.
 std::shared_ptr<const TuningTable> load_gpu_tuning(const std::string& file, const std::string& gpu);
 
-// The small-kernel configuration of a "small:" algorithm (cw, wk), or {0, 0}.
+// The small-kernel configuration of a "small:" algorithm (bn, splits), or {0, 0}.
 struct SmallConfig {
-  int cw = 0, wk = 0;
+  int bn = 0, splits = 0;
 };
 SmallConfig small_config(const GemmAlgorithm& a);
 
