@@ -164,7 +164,7 @@ void bench_gemm(cudaStream_t s, LtGemm& lt, float* ws, int* counters, int sms, b
     }
     auto own = [&](const SmallGemmPlan& plan, int i) {
       small_gemm(plan, x, wp(i), nullptr, DType::F32, Epilogue::None, sh.residual ? res : nullptr, DType::BF16, out_own,
-                 DType::BF16, sh.m, sh.n, sh.k, ws, counters, s);
+                 DType::BF16, sh.m, sh.n, sh.k, s);
     };
     const SmallGemmPlan def = small_gemm_plan(sh.m, sh.n, sh.k, sms);
     own(def, 0);
@@ -182,6 +182,22 @@ void bench_gemm(cudaStream_t s, LtGemm& lt, float* ws, int* counters, int sms, b
       });
       std::snprintf(kname, sizeof kname, "own bn%d s%d L2-hot", def.bn, def.splits);
       report(kname, t_hot, d_def);
+    }
+    if (sh.n % 8 == 0) {  // partials mode (the fused paths): the GEMM alone, no consumer
+      float* part = static_cast<float*>(dmalloc((size_t)16 * sh.m * sh.n * 4));
+      const SmallGemmPlan pd = small_gemm_plan_partials(sh.m, sh.n, sh.k, sms);
+      for (int bn : {0, 32, 64, 128})
+        for (int sp : {0, 1, 2, 3, 4, 6, 8, 12, 16}) {
+          if ((bn == 0) != (sp == 0)) continue;
+          const SmallGemmPlan pp = bn ? small_gemm_plan_partials(sh.m, sh.n, sh.k, sms, bn, sp) : pd;
+          if (bn && (pp.bn != bn || pp.splits != sp || (int64_t)pp.col_tiles * sp > 2 * sms)) continue;
+          const double t = time_graph(s, calls, [&] {
+            for (int i = 0; i < calls; ++i) small_gemm_partials(pp, x, wp(i), part, sh.m, sh.n, sh.k, s);
+          });
+          std::snprintf(kname, sizeof kname, "partials bn%d s%d%s", pp.bn, pp.splits, bn ? "" : " (plan)");
+          report(kname, t, 0);
+        }
+      cudaFree(part);
     }
     for (int dbg : {1, 3, 4, 8}) {  // where the time goes: without the reduction, also without the data wait
       small_gemm_debug = dbg;
@@ -321,6 +337,7 @@ void bench_attention(cudaStream_t s, float* ws, int64_t ws_bytes, int sms, bool 
 void bench_expert_step(bool own_small, bool pdl = true) {
   CudaOptions opt;
   opt.own_small_gemm = own_small;
+  opt.fused_small_gemm = own_small;
   opt.pdl = pdl;
   opt.tuning_file = "none";  // the GEMM path is own_small's choice alone
   auto be = make_cuda_backend(opt);
@@ -355,18 +372,22 @@ void bench_expert_step(bool own_small, bool pdl = true) {
   CUDA_CHECK(cudaMemcpy(KB.data, hk.data(), (P + T) * 4, cudaMemcpyHostToDevice));
   CUDA_CHECK(cudaMemcpy(POS.data, hp.data(), T * 4, cudaMemcpyHostToDevice));
   fill(h.data, T * D, 5, 1.f);
+  // As gemma_layer runs pi0's expert: the fused sequences (our GEMM's split sums added in the RoPE and
+  // RMSNorm kernels when own_small; cuBLASLt and separate kernels otherwise), norms chained.
   auto step = [&] {
-    for (const Layer& Ly : layers) {
-      be->rms_norm(h, Ly.n1, 1e-6f, xn);
-      be->linear(xn, Ly.qkv, {}, qkv);
-      be->qkv_rope(qkv, POS, 8, 1, 256, q, Ly.K.rows(P, T), Ly.V.rows(P, T));
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const Layer& Ly = layers[l];
+      if (l == 0) be->rms_norm(h, Ly.n1, 1e-6f, xn);
+      be->linear_qkv_rope(xn, Ly.qkv, qkv, POS, 8, 1, 256, q, Ly.K.rows(P, T), Ly.V.rows(P, T));
       be->attention(q.reshape({1, T, 8, 256}), Ly.K.reshape({1, P + T, 1, 256}), Ly.V.reshape({1, P + T, 1, 256}),
                     AttentionMask{QB, KB}, 1.f / 16, att.reshape({1, T, 8, 256}));
-      be->linear(att, Ly.o, {}, h, Epilogue::None, h);
-      be->rms_norm(h, Ly.n2, 1e-6f, xn);
+      be->linear_residual_rms_norm(att, Ly.o, h, Ly.n2, 1e-6f, xn);
       be->linear(xn, Ly.gu, {}, gu);
       be->geglu(gu, mlp);
-      be->linear(mlp, Ly.down, {}, h, Epilogue::None, h);
+      if (l + 1 < layers.size())
+        be->linear_residual_rms_norm(mlp, Ly.down, h, layers[l + 1].n1, 1e-6f, xn);
+      else
+        be->linear(mlp, Ly.down, {}, h, Epilogue::None, h);
     }
   };
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -402,7 +423,7 @@ void profile_once(cudaStream_t s, float* ws, int* counters, int sms) {
     CUDA_CHECK(cudaDeviceSynchronize());
     const SmallGemmPlan plan = small_gemm_plan(m, n, k, sms);
     small_gemm(plan, x, w, nullptr, DType::F32, Epilogue::None, res ? o : nullptr, DType::BF16, o, DType::BF16, m, n, k,
-               ws, counters, s);
+               s);
     CUDA_CHECK(cudaStreamSynchronize(s));
     cudaFree(w), cudaFree(x), cudaFree(o), cudaFree(flush);
   }
@@ -465,9 +486,7 @@ int main(int argc, char** argv) {
       LtGemm lt(ltws, 32 << 20);
       bench_gemm(s, lt, nullptr, nullptr, prop.multiProcessorCount, false);
       std::printf("\n== one action step through the backend (graph) ==\n");
-      bench_expert_step(true);
       bench_expert_step(true, false);
-      bench_expert_step(false);
       bench_expert_step(false, false);
       CUDA_CHECK(cudaDeviceSynchronize());
       return 0;

@@ -37,6 +37,7 @@ struct EngineOptions {
   bool fuse_projections = true;  // one GEMM for Q|K|V and one for gate|up
   bool graphs = true;            // capture the whole call in one CUDA graph per shape
   bool own_small_gemm = true;    // CUDA: our small-M GEMM where the tuning table picked it (else cuBLASLt)
+  bool fused_small_gemm = false; // CUDA: fused projections through our small-M GEMM (measured even)
   bool pdl = false;              // CUDA: programmatic dependent launch of our kernels (measured a loss)
   std::string tuning_file;       // CUDA: GEMM algorithm per shape (pirt tune); "": bench/tuning/, "none": heuristic
 };

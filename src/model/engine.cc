@@ -35,6 +35,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, [[maybe_unused]
     co.graphs = opt.graphs;
     co.own_small_gemm = opt.own_small_gemm;
     co.pdl = opt.pdl;
+    co.fused_small_gemm = opt.fused_small_gemm;
     co.tuning_file = opt.tuning_file;
     return make_cuda_backend(co);
   }

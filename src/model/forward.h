@@ -80,6 +80,11 @@ struct GemmaCall {
   AttentionMask mask;       // [1, T] queries over [1, kv_begin + T] keys
   Tensor mod_attn, mod_ffn; // pi0.5 expert: adaRMS modulations [3D]
   bool kv_only = false;     // compute only what later layers read: this layer's K and V
+  // RMSNorm chaining (layers without adaRMS): next_attn_norm, when set, makes this layer also leave
+  // the next layer's pre-attention norm of h in a.xn (fused with the down projection on the GPU);
+  // xn_ready says the previous layer did so for this one.
+  Tensor next_attn_norm;
+  bool xn_ready = false;
 };
 void gemma_layer(Backend& be, const GemmaCall& call);
 // posemb_sincos(t) of width `dim` (spec 4.2), in float64 then rounded to float32.

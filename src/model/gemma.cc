@@ -68,24 +68,35 @@ void gemma_layer(Backend& be, const GemmaCall& call) {
   const int64_t T = call.h.dim(0), Tk = call.kv_begin + T;
   const Tensor xn = first(a.xn, T), qkv = first(a.qkv, T), q = first(a.q, T), attn = first(a.attn, T);
 
-  // x = pre_attention_norm(h)
-  norm(be, call.h, w.attn_norm, call.mod_attn, xn);
+  // x = pre_attention_norm(h) (unless the previous layer left it in xn)
+  if (!call.xn_ready) norm(be, call.h, w.attn_norm, call.mod_attn, xn);
   // q, k, v = q_proj(x), k_proj(x), v_proj(x); RoPE on q and k; k, v into the cache.
-  project_qkv(be, w, a, xn, qkv);
-  be.qkv_rope(qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, call.K.rows(call.kv_begin, T),
-              call.V.rows(call.kv_begin, T));
+  const Tensor Knew = call.K.rows(call.kv_begin, T), Vnew = call.V.rows(call.kv_begin, T);
+  if (!w.qkv.empty()) {
+    be.linear_qkv_rope(xn, w.qkv, qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, Knew, Vnew);
+  } else {
+    project_qkv(be, w, a, xn, qkv);
+    be.qkv_rope(qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, Knew, Vnew);
+  }
   if (call.kv_only) return;  // the last prefix layer: the action steps read only its K/V
   // attn = softmax(q k^T / sqrt(Dh), mask) v over every key in the cache so far
   const Shape qs{1, T, g.heads, g.head_dim}, ks{1, Tk, g.kv_heads, g.head_dim};
   be.attention(q.reshape(qs), call.K.rows(0, Tk).reshape(ks), call.V.rows(0, Tk).reshape(ks), call.mask,
                1.f / std::sqrt(static_cast<float>(g.head_dim)), attn.reshape(qs));
-  // h += o_proj(attn)  (times the adaRMS gate in pi0.5's expert)
-  residual_linear(be, attn, w.o, call.h, call.mod_attn, first(a.y, T));
-  // x = pre_ffw_norm(h); h += down(gelu_tanh(gate(x)) * up(x))
-  norm(be, call.h, w.ffn_norm, call.mod_ffn, xn);
+  // h += o_proj(attn)  (times the adaRMS gate in pi0.5's expert); x = pre_ffw_norm(h)
+  if (call.mod_attn.empty() && call.mod_ffn.empty()) {
+    be.linear_residual_rms_norm(attn, w.o, call.h, w.ffn_norm, kNormEps, xn);
+  } else {
+    residual_linear(be, attn, w.o, call.h, call.mod_attn, first(a.y, T));
+    norm(be, call.h, w.ffn_norm, call.mod_ffn, xn);
+  }
+  // h += down(gelu_tanh(gate(x)) * up(x)) (and the next layer's pre_attention_norm, when asked)
   project_gate_up(be, w, a, xn, first(a.gu, T));
   be.geglu(first(a.gu, T), first(a.mlp, T));
-  residual_linear(be, first(a.mlp, T), w.down, call.h, call.mod_ffn, first(a.y, T));
+  if (!call.next_attn_norm.empty() && call.mod_ffn.empty())
+    be.linear_residual_rms_norm(first(a.mlp, T), w.down, call.h, call.next_attn_norm, kNormEps, xn);
+  else
+    residual_linear(be, first(a.mlp, T), w.down, call.h, call.mod_ffn, first(a.y, T));
 }
 
 }  // namespace pirt

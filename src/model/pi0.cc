@@ -233,11 +233,15 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
     // the action expert over [prefix cache | suffix], layer by layer
     const Tensor mods = c.pi05() ? p.mods.rows(s * per_step, per_step) : Tensor{};
     for (int l = 0; l < c.expert.depth; ++l) {
+      // pi0: each layer's down projection also computes the next layer's pre-attention norm.
+      const bool chain = !c.pi05();
       gemma_layer(be, GemmaCall{.cfg = &c.expert, .w = &w.expert[l], .a = &p.suf, .h = p.hs,
                                 .positions = p.suffix_pos, .K = p.K[l], .V = p.V[l],
                                 .kv_begin = static_cast<int>(P), .mask = suffix_mask,
                                 .mod_attn = c.pi05() ? mods.rows(2 * l, 1) : Tensor{},
-                                .mod_ffn = c.pi05() ? mods.rows(2 * l + 1, 1) : Tensor{}});
+                                .mod_ffn = c.pi05() ? mods.rows(2 * l + 1, 1) : Tensor{},
+                                .next_attn_norm = chain && l + 1 < c.expert.depth ? w.expert[l + 1].attn_norm : Tensor{},
+                                .xn_ready = chain && l > 0});
     }
     // final norm; v_t = action_out_proj(suffix_out[:, -H:]) in fp32
     const Tensor xn = p.suf.xn.rows(0, T);

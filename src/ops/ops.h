@@ -116,6 +116,23 @@ class Backend {
   // h / (Hq/Hkv)). Logits and softmax in fp32; probabilities are rounded to v's dtype before P.V.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
                          float scale, const Tensor& out) = 0;
+
+  // ---- fused sequences (defaults: the ops one after another) ----
+  // qkv = x . w^T, then qkv_rope(qkv, ...). qkv is scratch: a fused implementation may leave it
+  // unwritten (the CUDA backend adds its GEMM's split-K partial sums inside the RoPE kernel).
+  virtual void linear_qkv_rope(const Tensor& x, const Tensor& w, const Tensor& qkv, const Tensor& positions,
+                               int heads, int kv_heads, int head_dim, const Tensor& q, const Tensor& k,
+                               const Tensor& v) {
+    linear(x, w, {}, qkv);
+    qkv_rope(qkv, positions, heads, kv_heads, head_dim, q, k, v);
+  }
+  // h += x . w^T, then xn = rms_norm(h, norm_w): a residual sublayer's output projection and the
+  // RMSNorm after it (the CUDA backend adds the split-K partial sums and the residual in the norm).
+  virtual void linear_residual_rms_norm(const Tensor& x, const Tensor& w, const Tensor& h, const Tensor& norm_w,
+                                        float eps, const Tensor& xn) {
+    linear(x, w, {}, h, Epilogue::None, h);
+    rms_norm(h, norm_w, eps, xn);
+  }
 };
 
 }  // namespace pirt

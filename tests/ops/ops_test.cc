@@ -468,6 +468,55 @@ std::vector<OpCase> all_cases() {
   c.push_back(qkv("qkv_rope/expert_51_at_816", 51, 8, 1, 256, 816, true));
   c.push_back(qkv("qkv_rope/siglip_split_no_rope", 768, 16, 16, 72, 0, false));
 
+  // ---- fused sequences (Backend's defaults on the CPU; on CUDA our GEMM's split sums are added
+  // inside the next row kernel): the action expert's QKV projection + RoPE, and its output / down
+  // projections + residual + the RMSNorm after them. Two bf16 roundings deep: kResidual.
+  auto fused_qkv = [](const std::string& name, int64_t t, int64_t d) {
+    return simple_case(
+        name, kResidual,
+        [=](std::mt19937& r) {
+          std::vector<int32_t> pos;
+          for (int64_t i = 0; i < t; ++i) pos.push_back(816 + static_cast<int32_t>(i));
+          return std::vector<Arg>{{randn({t, d}, r), Role::Act},
+                                  {randn({2560, d}, r, 1.f / std::sqrt(static_cast<float>(d))), Role::Mat},
+                                  {i32({t}, pos), Role::I32}};
+        },
+        [=](const std::vector<Arg>&) { return Arg{nans({t * 2560}), Role::Act}; },
+        [=](Backend& be, const std::vector<Tensor>& in, const Tensor& o) {
+          const Tensor flat = o.reshape(Shape{o.numel()});
+          Tensor q = flat.rows(0, t * 2048).reshape(Shape{t, 2048});
+          Tensor k = flat.rows(t * 2048, t * 256).reshape(Shape{t, 256});
+          Tensor v = flat.rows(t * 2304, t * 256).reshape(Shape{t, 256});
+          Tensor qkv = be.alloc(be.act_dtype(), Shape{t, 2560});
+          be.linear_qkv_rope(in[0], in[1], qkv, in[2], 8, 1, 256, q, k, v);
+        });
+  };
+  c.push_back(fused_qkv("fused/expert_qkv_rope_51", 51, 1024));
+  c.push_back(fused_qkv("fused/expert_qkv_rope_h10", 11, 1024));
+  // Output [2, t, 1024]: h after the residual add, then xn.
+  auto fused_norm = [](const std::string& name, int64_t t, int64_t k) {
+    return simple_case(
+        name, kResidual,
+        [=](std::mt19937& r) {
+          return std::vector<Arg>{{randn({t, k}, r), Role::Act},
+                                  {randn({1024, k}, r, 1.f / std::sqrt(static_cast<float>(k))), Role::Mat},
+                                  {randn({1024}, r, 0.2f), Role::F32}};
+        },
+        [=](const std::vector<Arg>&) {
+          std::mt19937 r2(77);
+          HostTensor init = nans({2, t, 1024});
+          const HostTensor h = randn({t, 1024}, r2);
+          std::memcpy(init.ptr<float>(), h.ptr<float>(), h.view().nbytes());
+          return Arg{init, Role::Act};
+        },
+        [=](Backend& be, const std::vector<Tensor>& in, const Tensor& o) {
+          const Tensor h = o.rows(0, 1).reshape(Shape{t, 1024}), xn = o.rows(1, 1).reshape(Shape{t, 1024});
+          be.linear_residual_rms_norm(in[0], in[1], h, in[2], 1e-6f, xn);
+        });
+  };
+  c.push_back(fused_norm("fused/expert_o_residual_norm_51", 51, 2048));
+  c.push_back(fused_norm("fused/expert_down_residual_norm_51", 51, 4096));
+
   // ---- attention ----
   {
     AttnSpec a{1, 816, 816, 8, 1, 256, 1.f / 16};
@@ -649,6 +698,16 @@ TEST(CudaBackend, SmallGemmMatchesCpu) {
   for (const OpCase& oc : all_cases())
     if (oc.name.find("linear/expert") == 0 || oc.name.find("linear/small") == 0 || oc.name.find("linear/pi05") == 0)
       check_case(oc, *gpu, " [small gemm]");
+}
+
+// The fused sequences through our small-M GEMM in partials mode (off by default in the engine).
+TEST(CudaBackend, FusedSmallGemmMatchesCpu) {
+  CudaOptions opt;
+  opt.fused_small_gemm = true;
+  auto gpu = cuda_backend(opt);
+  if (!gpu) GTEST_SKIP() << "no CUDA device";
+  for (const OpCase& oc : all_cases())
+    if (oc.name.find("fused/") == 0) check_case(oc, *gpu, " [fused small gemm]");
 }
 
 // Our small-M GEMM against cuBLASLt on the action-step shapes (both bf16: two roundings apart).

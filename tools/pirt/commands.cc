@@ -27,6 +27,7 @@ EngineOptions engine_options(const Args& a) {
   o.graphs = !a.flag("--no-graphs");
   o.own_small_gemm = !a.flag("--no-small-gemm");
   o.pdl = a.flag("--pdl");
+  o.fused_small_gemm = a.flag("--fused-small-gemm");
   o.tuning_file = a.str("--tuning");
   return o;
 }
@@ -39,9 +40,11 @@ const char* kEngineFlagsHelp =
     "  --no-small-gemm          cuBLASLt even where the tuning table picked our small-M GEMM\n"
     "  --pdl                    programmatic dependent launch: our kernels start during the tail of\n"
     "                           the one before (off by default: a loss on the H100)\n"
+    "  --fused-small-gemm       the action expert's QKV+RoPE and output/down+residual+RMSNorm through\n"
+    "                           our small-M GEMM, split sums added in the row kernel (off: even)\n"
 
     "  --tuning FILE|none       GEMM algorithms per shape (pirt tune); default: bench/tuning/ for this GPU\n";
-const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm", "--pdl"};
+const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm", "--pdl", "--fused-small-gemm"};
 
 namespace {
 
@@ -203,7 +206,8 @@ int cmd_bench(int argc, char** argv) {
                           {"fuse_projections", opt.fuse_projections},
                           {"graphs", opt.graphs},
                           {"own_small_gemm", opt.own_small_gemm},
-                          {"pdl", opt.pdl}}}};
+                          {"pdl", opt.pdl},
+                          {"fused_small_gemm", opt.fused_small_gemm}}}};
     std::ofstream f(a.str("--json"));
     if (!f) throw_error("cannot write " + a.str("--json"));
     f << j.dump(2) << "\n";

@@ -33,6 +33,7 @@ constexpr size_t kAlign = 256;
 constexpr size_t kSlabBytes = 64ull << 20;  // small tensors share slabs of this size
 constexpr size_t kLtWorkspace = 32ull << 20;
 constexpr size_t kAttentionWorkspace = 16ull << 20;
+constexpr size_t kPartialsBytes = 16ull << 20;  // small_gemm_partials' split sums (16 x 64 x 4096 floats)
 
 size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -58,6 +59,7 @@ class CudaBackend final : public Backend {
     tuning_ = load_gpu_tuning(opt.tuning_file, prop.name);
     lt_->set_tuning(tuning_.get());
     attn_ws_ = static_cast<float*>(raw_alloc(kAttentionWorkspace));
+    if (opt_.own_small_gemm && opt_.fused_small_gemm) partials_ = static_cast<float*>(raw_alloc(kPartialsBytes));
   }
 
   ~CudaBackend() override {
@@ -348,6 +350,52 @@ class CudaBackend final : public Backend {
                    kv_heads, head_dim, q.data, q.dtype, k.data, k.dtype, v.data, v.dtype, stream_);
   }
 
+  // ---- fused sequences: our small-M GEMM in partials mode, the next row kernel adds the splits ----
+  // Whether x . w^T for out goes through small_gemm_partials (few rows, bf16, sm_90a).
+  bool fused_small(const Tensor& x, const Tensor& w, const Tensor& out) const {
+    if (!opt_.own_small_gemm || !opt_.fused_small_gemm || w.shape.rank() != 2 || x.dtype != DType::BF16 || w.dtype != DType::BF16 ||
+        out.dtype != DType::BF16)
+      return false;
+    const int64_t n = w.dim(0), k = w.dim(1);
+    if (x.shape.rank() < 1 || x.shape[-1] != k || out.shape[-1] != n) return false;
+    const int64_t m = x.numel() / k;
+    return m >= 1 && m <= 64 && n % 8 == 0 && small_gemm_supported(m, n, k) && out.numel() == m * n &&
+           aligned16(x.data) && aligned16(w.data) && (int64_t)16 * m * n * 4 <= (int64_t)kPartialsBytes;
+  }
+
+  void linear_qkv_rope(const Tensor& x, const Tensor& w, const Tensor& qkv, const Tensor& positions, int heads,
+                       int kv_heads, int head_dim, const Tensor& q, const Tensor& k, const Tensor& v) override {
+    const int64_t width = (int64_t)(heads + 2 * kv_heads) * head_dim;
+    if (!fused_small(x, w, qkv) || w.dim(0) != width || (!positions.empty() && positions.dtype != DType::I32)) {
+      Backend::linear_qkv_rope(x, w, qkv, positions, heads, kv_heads, head_dim, q, k, v);
+      return;
+    }
+    const int64_t m = x.numel() / w.dim(1), n = w.dim(0), kk = w.dim(1);
+    PIRT_CHECK(q.numel() == m * heads * head_dim && k.numel() == m * kv_heads * head_dim && v.numel() == k.numel() &&
+                   head_dim % 2 == 0 && (positions.empty() || positions.numel() == m),
+               "linear_qkv_rope: x %s q %s k %s v %s positions %s", x.shape.str().c_str(), q.shape.str().c_str(),
+               k.shape.str().c_str(), v.shape.str().c_str(), positions.shape.str().c_str());
+    const SmallGemmPlan plan = small_gemm_plan_partials(m, n, kk, num_sms_);
+    small_gemm_partials(plan, x.data, w.data, partials_, m, n, kk, stream_);
+    cuda::qkv_rope(nullptr, qkv.dtype, positions.empty() ? nullptr : positions.ptr<int32_t>(), m, heads, kv_heads,
+                   head_dim, q.data, q.dtype, k.data, k.dtype, v.data, v.dtype, stream_, partials_, plan.splits);
+  }
+
+  void linear_residual_rms_norm(const Tensor& x, const Tensor& w, const Tensor& h, const Tensor& norm_w, float eps,
+                                const Tensor& xn) override {
+    const int64_t d = h.shape[-1];
+    if (!fused_small(x, w, h) || d % 128 != 0 || d > 4096 || xn.dtype != DType::BF16 || xn.numel() != h.numel() ||
+        norm_w.numel() != d || !aligned16(h.data) || !aligned16(xn.data)) {
+      Backend::linear_residual_rms_norm(x, w, h, norm_w, eps, xn);
+      return;
+    }
+    const int64_t m = x.numel() / w.dim(1), n = w.dim(0), kk = w.dim(1);
+    const SmallGemmPlan plan = small_gemm_plan_partials(m, n, kk, num_sms_);
+    small_gemm_partials(plan, x.data, w.data, partials_, m, n, kk, stream_);
+    cuda::residual_rms_norm_partials(partials_, plan.splits, h.data, norm_w.data, norm_w.dtype, xn.data, m, d, eps,
+                                     stream_);
+  }
+
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, float scale,
                  const Tensor& out) override {
     PIRT_CHECK(q.shape.rank() == 4 && k.shape.rank() == 4 && v.shape == k.shape && out.numel() == q.numel(),
@@ -450,6 +498,7 @@ class CudaBackend final : public Backend {
   std::shared_ptr<const TuningTable> tuning_;
   void* lt_ws_ = nullptr;
   float* attn_ws_ = nullptr;
+  float* partials_ = nullptr;  // small_gemm_partials output (fused sequences)
   std::vector<void*> blocks_;
   uint8_t* slab_ = nullptr;
   size_t slab_used_ = 0;

@@ -21,6 +21,10 @@ struct CudaOptions {
   // otherwise); force_small_gemm uses it for every shape it supports, whatever the table says.
   bool own_small_gemm = true;
   bool force_small_gemm = false;
+  // The fused sequences (Backend::linear_qkv_rope, linear_residual_rms_norm) through our small-M
+  // GEMM in partials mode, the split sums added inside the RoPE / RMSNorm kernel. Off by default:
+  // on an H100 it measured even with cuBLASLt plus separate kernels (bench/RESULTS.md).
+  bool fused_small_gemm = false;
   bool fast_attention = true;  // the flash kernel; false: a simple one-warp-per-row kernel (debugging)
   bool attention_clusters = true;  // key splits merged in a thread-block cluster; false: a merge kernel
   // Programmatic dependent launch of our kernels (sm_90+): each may start during the tail of the one

@@ -2,6 +2,7 @@
 // They move little data (the largest, the prefix RMSNorm, reads 3.3 MB); each is written plainly,
 // one block per row or a grid-stride loop, all arithmetic in fp32.
 #include <algorithm>
+#include <type_traits>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.h"
@@ -10,6 +11,15 @@ namespace pirt::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+
+// v as it reads back after a store to T (one rounding to bf16; none for float).
+template <class T>
+__device__ __forceinline__ float ld_rounded(float v) {
+  if constexpr (std::is_same_v<T, bf16>)
+    return __bfloat162float(__float2bfloat16(v));
+  else
+    return v;
+}
 
 // ---- convert ----
 template <class TI, class TO>
@@ -96,6 +106,48 @@ __global__ void row_norm_bf16_kernel(const bf16* __restrict__ x, const TW* __res
     oe[e] = __float2bfloat16(y);
   }
   *reinterpret_cast<V*>(out + row * dim + c) = ov;
+}
+
+// The fused output projection + residual + RMSNorm (small_gemm_partials' consumer):
+// h = bf16(h + sum_s partials[s]) (splits added in order, then the residual), xn = rms_norm(h) as
+// rms_norm_kernel computes it from the bf16 h. dim = VEC * blockDim.x.
+template <int VEC, class TW>
+__global__ void residual_rms_norm_partials_kernel(const float* __restrict__ partials, int splits, int64_t split_stride,
+                                                  bf16* __restrict__ h, const TW* __restrict__ w, bf16* __restrict__ xn,
+                                                  int dim, float eps) {
+  using V = typename BfVec<VEC>::T;
+  pdl_wait();
+  pdl_trigger();
+  const int c = threadIdx.x * VEC;
+  const int64_t off = (int64_t)blockIdx.x * dim + c;
+  float acc[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
+#pragma unroll 8
+  for (int sp = 0; sp < splits; ++sp) {  // unrolled: the loads of 8 splits in flight together
+    const float4* src = reinterpret_cast<const float4*>(partials + sp * split_stride + off);
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) {
+      const float4 u = src[q];
+      acc[4 * q] += u.x, acc[4 * q + 1] += u.y, acc[4 * q + 2] += u.z, acc[4 * q + 3] += u.w;
+    }
+  }
+  V hv = *reinterpret_cast<const V*>(h + off);
+  bf16* he = reinterpret_cast<bf16*>(&hv);
+  float v[VEC], ss = 0.f;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    he[e] = __float2bfloat16(acc[e] + __bfloat162float(he[e]));
+    v[e] = __bfloat162float(he[e]);
+    ss += v[e] * v[e];
+  }
+  *reinterpret_cast<V*>(h + off) = hv;
+  const float r = rsqrtf(block_sum(ss) / (float)dim + eps);
+  V ov;
+  bf16* oe = reinterpret_cast<bf16*>(&ov);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) oe[e] = __float2bfloat16(v[e] * r * (1.f + ld(&w[c + e])));
+  *reinterpret_cast<V*>(xn + off) = ov;
 }
 
 template <class TX, class TM, class TO>
@@ -238,8 +290,8 @@ __device__ __forceinline__ void rope_sincos(int pos, int i, int head_dim, float*
 // (SigLIP's split of 48 small heads) every slot of the token in one block.
 template <class TI, class TQ, class TK, class TV>
 __global__ void qkv_rope_kernel(const TI* __restrict__ qkv, const int32_t* __restrict__ positions, int heads,
-                                int kv_heads, int head_dim, TQ* __restrict__ q, TK* __restrict__ k,
-                                TV* __restrict__ v) {
+                                int kv_heads, int head_dim, TQ* __restrict__ q, TK* __restrict__ k, TV* __restrict__ v,
+                                const float* __restrict__ partials, int splits) {
   pdl_wait();
   pdl_trigger();
   const int t = blockIdx.x;
@@ -249,12 +301,30 @@ __global__ void qkv_rope_kernel(const TI* __restrict__ qkv, const int32_t* __res
   const int s0 = blockIdx.y * per, s1 = min(slots, s0 + per);
   const int64_t width = (int64_t)slots * head_dim;
   const TI* row = qkv + t * width;
+  // Element j of this token's row: from qkv, or (partials mode) the sum of the GEMM's splits rounded
+  // as the unfused path stores qkv.
+  const int64_t split_stride = (int64_t)gridDim.x * width;
+  const float* prow = partials ? partials + t * width : nullptr;
+  auto in2 = [&](int64_t j1, int64_t j2, float& x1, float& x2) {
+    if (!partials) {
+      x1 = ld(&row[j1]), x2 = ld(&row[j2]);
+      return;
+    }
+    float a1 = 0.f, a2 = 0.f;
+#pragma unroll 8
+    for (int sp = 0; sp < splits; ++sp) {  // unrolled: 16 loads in flight
+      a1 += prow[sp * split_stride + j1];
+      a2 += prow[sp * split_stride + j2];
+    }
+    x1 = ld_rounded<TI>(a1), x2 = ld_rounded<TI>(a2);
+  };
   const int pos = positions ? positions[t] : 0;
   const int r1 = min(s1, rot_heads);
   for (int j = threadIdx.x; j < (r1 - s0) * half; j += blockDim.x) {
     const int h = s0 + j / half, i = j % half;
-    const TI* src = row + (int64_t)h * head_dim;
-    const float x1 = ld(&src[i]), x2 = ld(&src[i + half]);
+    const int64_t src = (int64_t)h * head_dim;
+    float x1, x2;
+    in2(src + i, src + i + half, x1, x2);
     float y1 = x1, y2 = x2;
     if (positions) {
       float s, c;
@@ -274,9 +344,15 @@ __global__ void qkv_rope_kernel(const TI* __restrict__ qkv, const int32_t* __res
   }
   const int v0 = max(s0, rot_heads);
   if (s1 > v0) {
-    const TI* vsrc = row + (int64_t)v0 * head_dim;
     TV* vdst = v + ((int64_t)t * kv_heads + (v0 - rot_heads)) * head_dim;
-    for (int j = threadIdx.x; j < (s1 - v0) * head_dim; j += blockDim.x) st(&vdst[j], ld(&vsrc[j]));
+    const int n = (s1 - v0) * head_dim;
+    for (int j = threadIdx.x; j < n; j += 2 * blockDim.x) {  // two elements a step (the loads overlap)
+      const int j2 = j + blockDim.x < n ? j + blockDim.x : j;
+      float a, b;
+      in2((int64_t)v0 * head_dim + j, (int64_t)v0 * head_dim + j2, a, b);
+      st(&vdst[j], a);
+      if (j2 != j) st(&vdst[j2], b);
+    }
   }
 }
 
@@ -367,6 +443,20 @@ void rms_norm(const void* x, DType xt, const void* w, DType wt, void* out, DType
     });
   });
   CUDA_CHECK_LAUNCH();
+}
+
+void residual_rms_norm_partials(const float* partials, int splits, void* h, const void* w, DType wt, void* xn,
+                                int64_t rows, int64_t dim, float eps, cudaStream_t s) {
+  PIRT_CHECK(dim % 128 == 0 && dim <= 4096, "residual_rms_norm_partials: dim %lld", (long long)dim);
+  if (rows == 0) return;
+  dispatch_float(wt, [&](auto bw) {
+    using TW = decltype(bw);
+    const int d = static_cast<int>(dim);
+    const int64_t stride = rows * dim;
+    // 4 wide, dim / 4 threads: twice the partial loads in flight of 8 wide, one block a row.
+    launch(residual_rms_norm_partials_kernel<4, TW>, dim3(rows), dim3(d / 4), 0, s, 1, partials, splits, stride,
+             static_cast<bf16*>(h), static_cast<const TW*>(w), static_cast<bf16*>(xn), d, eps);
+  });
 }
 
 void ada_rms_norm(const void* x, DType xt, const void* mod, DType mt, int64_t mod_stride, void* out, DType ot,
@@ -501,7 +591,8 @@ void embed(const int32_t* ids, const void* table, DType tt, float scale, void* o
 }
 
 void qkv_rope(const void* qkv, DType qkvt, const int32_t* positions, int64_t tokens, int heads, int kv_heads,
-              int head_dim, void* q, DType qt, void* k, DType kt, void* v, DType vt, cudaStream_t s) {
+              int head_dim, void* q, DType qt, void* k, DType kt, void* v, DType vt, cudaStream_t s,
+              const float* partials, int splits) {
   if (tokens == 0) return;
   PIRT_CHECK(kt == vt, "qkv_rope: k and v dtypes differ");
   dispatch_float(qkvt, [&](auto a) {
@@ -513,7 +604,7 @@ void qkv_rope(const void* qkv, DType qkvt, const int32_t* positions, int64_t tok
         const bool rope = positions != nullptr;
         launch(qkv_rope_kernel<TI, TQ, TK, TK>, dim3(tokens, rope ? heads + 2 * kv_heads : 1), dim3(rope ? 128 : 256),
                0, s, 1, static_cast<const TI*>(qkv), positions, heads, kv_heads, head_dim, static_cast<TQ*>(q),
-               static_cast<TK*>(k), static_cast<TK*>(v));
+               static_cast<TK*>(k), static_cast<TK*>(v), partials, splits);
       });
     });
   });

@@ -19,6 +19,8 @@
 //   for the previous kernel (weights never depend on it), so the pipeline fills during its tail.
 #include <cooperative_groups.h>
 
+#include <algorithm>
+
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/mma.cuh"
@@ -30,6 +32,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kBK = 64;  // k a chunk: 128 bytes a row, eight 16-byte pieces
 constexpr int kMaxCluster = 8;
+constexpr int kMaxPartialSplits = 16;
 
 struct Params {
   const bf16* x;
@@ -41,8 +44,9 @@ struct Params {
   int nchunks;
   int bias_bf16, res_bf16, out_bf16;
   int gelu;
-  int debug;  // kernel_bench's breakdown only (bits): 1 no reduction or epilogue, 2 no data wait,
-              // 4 stop after the first cluster barrier, 8 no epilogue loads or stores
+  float* partials;  // partials mode: fp32 [splits][M][N] sums, no reduction or epilogue (no cluster)
+  int debug;        // kernel_bench's breakdown only (bits): 1 no reduction or epilogue, 2 no data wait,
+                    // 4 stop after the first cluster barrier, 8 no epilogue loads or stores
 };
 
 // Pipeline depth: 96 KB of stages a block, so that two blocks fit an SM.
@@ -51,23 +55,32 @@ constexpr int stages_for() {
   return BN >= 128 ? 4 : BN >= 64 ? 6 : 8;
 }
 
+// The partial tile's row stride in floats: padded so that the 8 rows a warp's fragment store touches
+// fall in different banks.
+template <int BN>
+constexpr int red_stride() {
+  return BN + 8;
+}
+
 template <int BN>
 constexpr size_t smem_bytes() {
   constexpr size_t stage = (size_t)(BN + 64) * kBK * 2;
   constexpr size_t pipe = stage * stages_for<BN>();
-  constexpr size_t red = (size_t)2 * 64 * BN * 4;
+  constexpr size_t red = (size_t)64 * red_stride<BN>() * 4;
   return (pipe > red ? pipe : red) + 1024;  // + alignment of the tiles to 1024 bytes (swizzle atoms)
 }
 
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)  // used by the sm_90a kernel only
 // Element offset of 16-byte piece j of row r in a swizzled [rows][64] bf16 tile.
 __device__ __forceinline__ int swz(int r, int j) { return r * kBK + ((j ^ (r & 7)) << 3); }
 
 __device__ __forceinline__ float ld_any(const void* p, int is_bf16, int64_t i) {
   return is_bf16 ? __bfloat162float(static_cast<const bf16*>(p)[i]) : static_cast<const float*>(p)[i];
 }
+#endif
 
-// Block: 2 warpgroups; warpgroup wg multiplies k16 steps 2wg and 2wg + 1 of every chunk into its
-// own 64 x BN accumulator (wgmma m64nBNk16, x as A with rows >= MT * 16 unused, w as B).
+// Block: 2 warpgroups; warpgroup wg multiplies all of every chunk's k into columns
+// [wg, wg + 1) * BN / 2 of the tile (wgmma m64n(BN/2)k16, x as A with rows >= MT * 16 unused, w as B).
 template <int BN, int MT>
 __global__ void __launch_bounds__(kThreads, 2) stream_gemm_kernel(const Params p) {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -76,6 +89,8 @@ __global__ void __launch_bounds__(kThreads, 2) stream_gemm_kernel(const Params p
   namespace cg = cooperative_groups;
   constexpr int MP = MT * 16;
   constexpr int S = stages_for<BN>();
+  constexpr int HN = BN / 2;  // columns a warpgroup
+  constexpr int RS = red_stride<BN>();
   constexpr int W_ELEMS = BN * kBK, X_ELEMS = 64 * kBK, STAGE = W_ELEMS + X_ELEMS;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -121,9 +136,9 @@ __global__ void __launch_bounds__(kThreads, 2) stream_gemm_kernel(const Params p
     cp_async_commit();
   }
 
-  float acc[BN / 2];
+  float acc[HN / 2];
 #pragma unroll
-  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+  for (int i = 0; i < HN / 2; ++i) acc[i] = 0.f;
 
   for (int c = 0; c < nch; ++c) {
     if (p.debug & 2) break;
@@ -142,10 +157,8 @@ __global__ void __launch_bounds__(kThreads, 2) stream_gemm_kernel(const Params p
     const bf16* xs = ws + W_ELEMS;
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {
-      const int ks = wg * 2 + kk;
-      wgmma_bf16<BN>(acc, wgmma_desc(xs + ks * 16), wgmma_desc(ws + ks * 16), 1);
-    }
+    for (int ks = 0; ks < 4; ++ks)
+      wgmma_bf16<HN>(acc, wgmma_desc(xs + ks * 16), wgmma_desc(ws + wg * HN * kBK + ks * 16), 1);
     wgmma_commit();
     wgmma_wait_all();
   }
@@ -156,23 +169,28 @@ __global__ void __launch_bounds__(kThreads, 2) stream_gemm_kernel(const Params p
     return;
   }
 
-  // Partial tiles red[wg][m][BN] in fp32 (rows m >= M are never read).
-  float* red = reinterpret_cast<float*>(base);
-  {
-    const int g = lane >> 2, t = lane & 3, row = (warp & 3) * 16 + g;
+  // Thread (warp w of warpgroup wg, lane 4g + t) holds rows 16w + g (+ 8), columns wg * HN + 8j + 2t (+ 1).
+  const int g = lane >> 2, t = lane & 3, row = (warp & 3) * 16 + g;
+  if (p.partials) {  // partials mode: this split's sums straight to global memory
+    float* dst = p.partials + (int64_t)rank * p.M * p.N + n0 + wg * HN + 2 * t;
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      float* dst = red + ((size_t)wg * 64 + row) * BN + j * 8 + 2 * t;
-      *reinterpret_cast<float2*>(dst) = make_float2(acc[4 * j], acc[4 * j + 1]);
-      *reinterpret_cast<float2*>(dst + 8 * BN) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    for (int j = 0; j < HN / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int m = row + 8 * h, n = n0 + wg * HN + j * 8 + 2 * t;
+        if (m < p.M && n < p.N)
+          *reinterpret_cast<float2*>(dst + (int64_t)m * p.N + j * 8) =
+              make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+      }
+    return;
   }
-  __syncthreads();
-  // The two warpgroups' tiles summed into red[0] (rows < M), so a cluster peer reads one tile.
-  for (int i = tid; i < p.M * (BN / 4); i += kThreads) {
-    float4* r4 = reinterpret_cast<float4*>(red);
-    const float4 a = r4[i], b = r4[64 * (BN / 4) + i];
-    r4[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+  // The partial tile red[m][RS] in fp32 (rows m >= M are never read).
+  float* red = reinterpret_cast<float*>(base);
+#pragma unroll
+  for (int j = 0; j < HN / 8; ++j) {
+    float* dst = red + (size_t)row * RS + wg * HN + j * 8 + 2 * t;
+    *reinterpret_cast<float2*>(dst) = make_float2(acc[4 * j], acc[4 * j + 1]);
+    *reinterpret_cast<float2*>(dst + 8 * RS) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
   }
   cg::cluster_group cluster = cg::this_cluster();
   if (cs > 1)
@@ -197,7 +215,7 @@ __global__ void __launch_bounds__(kThreads, 2) stream_gemm_kernel(const Params p
     float4 u[kMaxCluster];
 #pragma unroll
     for (int r = 0; r < kMaxCluster; ++r)
-      if (r < cs) u[r] = *reinterpret_cast<const float4*>(peer[r] + (size_t)m * BN + c4);
+      if (r < cs) u[r] = *reinterpret_cast<const float4*>(peer[r] + (size_t)m * RS + c4);
     float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int r = 0; r < kMaxCluster; ++r)
@@ -249,17 +267,26 @@ void launch_bn_mt(const SmallGemmPlan& plan, const Params& p, cudaStream_t s) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr_set = true;
   }
-  launch(kernel, dim3(plan.col_tiles, plan.splits), dim3(kThreads), smem, s, plan.splits, p);
+  launch(kernel, dim3(plan.col_tiles, plan.splits), dim3(kThreads), smem, s, plan.cluster ? plan.splits : 1, p);
 }
 
 template <int BN>
 void launch_bn(const SmallGemmPlan& plan, const Params& p, cudaStream_t s) {
   switch (plan.mt) {
-    case 1: launch_bn_mt<BN, 1>(plan, p, s); break;
-    case 2: launch_bn_mt<BN, 2>(plan, p, s); break;
-    case 3: launch_bn_mt<BN, 3>(plan, p, s); break;
-    case 4: launch_bn_mt<BN, 4>(plan, p, s); break;
-    default: PIRT_CHECK(false, "small_gemm: mt %d", plan.mt);
+    case 1:
+      launch_bn_mt<BN, 1>(plan, p, s);
+      break;
+    case 2:
+      launch_bn_mt<BN, 2>(plan, p, s);
+      break;
+    case 3:
+      launch_bn_mt<BN, 3>(plan, p, s);
+      break;
+    case 4:
+      launch_bn_mt<BN, 4>(plan, p, s);
+      break;
+    default:
+      PIRT_CHECK(false, "small_gemm: mt %d", plan.mt);
   }
 }
 
@@ -303,10 +330,68 @@ SmallGemmPlan small_gemm_plan(int64_t m, int64_t n, int64_t k, int num_sms, int 
   return best;
 }
 
+SmallGemmPlan small_gemm_plan_partials(int64_t m, int64_t n, int64_t k, int num_sms, int force_bn, int force_splits) {
+  SmallGemmPlan best;
+  best.mt = static_cast<int>((m + 15) / 16);
+  const int64_t nch = (k + kBK - 1) / kBK;
+  double best_cost = 1e300;
+  for (int bn : {128, 64, 32}) {
+    if (force_bn && bn != force_bn) continue;
+    const int64_t tiles = (n + bn - 1) / bn;
+    for (int cs = 1; cs <= kMaxPartialSplits; ++cs) {
+      if (force_splits && cs != force_splits) continue;
+      if (cs > nch) break;
+      // Blocks an SM (two fit; a second one shares the SM's bandwidth but hides latency, so it counts
+      // fractionally) times the chunk rows a block streams, plus a little per split for the consumer.
+      // Fitted to kernel_bench's sweep on an H100 (within 10% of the best configuration measured).
+      const double per_sm = std::max(1.0, (double)(tiles * cs) / num_sms);
+      const int64_t per = (nch + cs - 1) / cs;
+      const double cost = per_sm * per * (bn + 16) + 16.0 * cs;
+      if (cost < best_cost - 1e-9) {
+        best_cost = cost;
+        best.bn = bn;
+        best.splits = cs;
+        best.col_tiles = static_cast<int>(tiles);
+      }
+    }
+  }
+  if (best.bn == 0) return small_gemm_plan_partials(m, n, k, num_sms, 0, 0);
+  best.stages = best.bn >= 128 ? 4 : best.bn >= 64 ? 6 : 8;
+  return best;
+}
+
+void small_gemm_partials(const SmallGemmPlan& plan, const void* x, const void* w, float* partials, int64_t m, int64_t n,
+                         int64_t k, cudaStream_t s) {
+  PIRT_CHECK(n % 8 == 0, "small_gemm_partials: n %lld", (long long)n);
+  Params p{};
+  p.x = static_cast<const bf16*>(x);
+  p.w = static_cast<const bf16*>(w);
+  p.partials = partials;
+  p.M = static_cast<int>(m);
+  p.N = static_cast<int>(n);
+  p.K = static_cast<int>(k);
+  p.nchunks = static_cast<int>((k + kBK - 1) / kBK);
+  p.debug = small_gemm_debug;
+  SmallGemmPlan unclustered = plan;
+  unclustered.cluster = false;
+  switch (plan.bn) {
+    case 32:
+      launch_bn<32>(unclustered, p, s);
+      break;
+    case 64:
+      launch_bn<64>(unclustered, p, s);
+      break;
+    case 128:
+      launch_bn<128>(unclustered, p, s);
+      break;
+    default:
+      PIRT_CHECK(false, "small_gemm: bn %d", plan.bn);
+  }
+}
+
 void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const void* bias, DType bt, Epilogue ep,
-                const void* residual, DType rt, void* out, DType ot, int64_t m, int64_t n, int64_t k,
-                cudaStream_t s) {
-  Params p;
+                const void* residual, DType rt, void* out, DType ot, int64_t m, int64_t n, int64_t k, cudaStream_t s) {
+  Params p{};
   p.x = static_cast<const bf16*>(x);
   p.w = static_cast<const bf16*>(w);
   p.bias = bias;
@@ -322,10 +407,17 @@ void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const v
   p.gelu = ep == Epilogue::GeluTanh;
   p.debug = small_gemm_debug;
   switch (plan.bn) {
-    case 32: launch_bn<32>(plan, p, s); break;
-    case 64: launch_bn<64>(plan, p, s); break;
-    case 128: launch_bn<128>(plan, p, s); break;
-    default: PIRT_CHECK(false, "small_gemm: bn %d", plan.bn);
+    case 32:
+      launch_bn<32>(plan, p, s);
+      break;
+    case 64:
+      launch_bn<64>(plan, p, s);
+      break;
+    case 128:
+      launch_bn<128>(plan, p, s);
+      break;
+    default:
+      PIRT_CHECK(false, "small_gemm: bn %d", plan.bn);
   }
 }
 

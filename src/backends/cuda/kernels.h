@@ -38,9 +38,15 @@ void concat_cols(const void* a, DType at, const void* b, DType bt, int64_t b_row
 void axpy(float* x, const void* v, DType vt, float dt, int64_t n, cudaStream_t s);
 void embed(const int32_t* ids, const void* table, DType tt, float scale, void* out, DType ot,
            int64_t tokens, int64_t dim, cudaStream_t s);
+// partials (splits x [tokens, width] fp32, from small_gemm_partials): the input is their sum,
+// rounded to qkvt, instead of qkv.
 void qkv_rope(const void* qkv, DType qkvt, const int32_t* positions, int64_t tokens, int heads,
               int kv_heads, int head_dim, void* q, DType qt, void* k, DType kt, void* v, DType vt,
-              cudaStream_t s);
+              cudaStream_t s, const float* partials = nullptr, int splits = 0);
+// h[r] = bf16(h[r] + sum_s partials[s][r]), xn[r] = rms_norm(h[r]) * (1 + w): the consumer of a
+// small_gemm_partials output projection. h, xn bf16 [rows, dim], dim % 128 == 0, <= 4096.
+void residual_rms_norm_partials(const float* partials, int splits, void* h, const void* w, DType wt, void* xn,
+                                int64_t rows, int64_t dim, float eps, cudaStream_t s);
 // col[n*T + t, c*p*p + ky*p + kx] = images[n, py*p + ky, px*p + kx, c] (F32, NHWC), T = (size/p)^2.
 void im2col_patches(const float* images, int64_t n, int64_t size, int64_t patch, float* col,
                     cudaStream_t s);
@@ -66,10 +72,7 @@ struct SmallGemmPlan {
   int splits = 1;     // blocks along k (the cluster size, 1..8)
   int stages = 0;     // cp.async pipeline depth (fixed by bn)
   int col_tiles = 0;  // blocks along n
-  // Compatibility with callers of the previous kernel (kernel_bench): always 0 / unused.
-  int cw = 0, wk = 0;
-  int64_t ws_bytes = 0;
-  int row_tiles = 0;
+  bool cluster = true;  // the splits reduce in a cluster (false: partials mode)
 };
 // The default plan, or the one with bn = force_bn and/or splits = force_splits where that can run.
 SmallGemmPlan small_gemm_plan(int64_t m, int64_t n, int64_t k, int num_sms, int force_bn = 0,
@@ -79,11 +82,13 @@ extern int small_gemm_debug;  // kernel_bench's breakdown (gemm_small.cu); 0 in 
 void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const void* bias, DType bt,
                 Epilogue ep, const void* residual, DType rt, void* out, DType ot, int64_t m,
                 int64_t n, int64_t k, cudaStream_t s);
-inline void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const void* bias, DType bt,
-                       Epilogue ep, const void* residual, DType rt, void* out, DType ot, int64_t m,
-                       int64_t n, int64_t k, float* /*ws*/, int* /*counters*/, cudaStream_t s) {
-  small_gemm(plan, x, w, bias, bt, ep, residual, rt, out, ot, m, n, k, s);
-}
+// Partials mode: no reduction and no epilogue; split s writes its fp32 sums to partials[s][m][n]
+// (splits * m * n floats) for a consumer kernel to add (residual_rms_norm_partials, qkv_rope with
+// partials). Splits up to 16, no cluster; n % 8 == 0.
+SmallGemmPlan small_gemm_plan_partials(int64_t m, int64_t n, int64_t k, int num_sms, int force_bn = 0,
+                                       int force_splits = 0);
+void small_gemm_partials(const SmallGemmPlan& plan, const void* x, const void* w, float* partials,
+                         int64_t m, int64_t n, int64_t k, cudaStream_t s);
 
 // ---- attention (attention.cu) ----
 struct AttentionArgs {
