@@ -98,6 +98,22 @@ TEST(Cli, BenchRunsTheTinyModelOnTheCpu) {
   EXPECT_EQ(r.code, 0) << r.err;
 }
 
+TEST(Cli, BenchCheckMatchesACheckpointOfABuiltInArchitectureByItsName) {
+  // --check compares with bkc.json entries by model name; a checkpoint folder of the canonical
+  // sizes is that architecture (it once reported its path and matched nothing).
+  const auto dir = std::filesystem::temp_directory_path() / ("pirt_cli_bkc_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  ASSERT_EQ(run("make-checkpoint --arch tiny --out " + dir.string()).code, 0);
+  const std::string bkc = (dir / "bkc.json").string();
+  std::ofstream(bkc) << R"({"entries": [{"gpu": "cpu", "model": "tiny", "cameras": 3, "absent": 0, "horizon": 50,
+                        "steps": 1, "mean_ms": 1e-6}]})";
+  const Result r = run("bench --device cpu --iters 1 --warmup 0 --steps 1 --cameras 3 --model " + dir.string() +
+                       " --check " + bkc);
+  EXPECT_EQ(r.code, 1) << r.err;  // matched, and far slower than 1 ns
+  EXPECT_NE(r.err.find("REGRESSION"), std::string::npos) << r.err;
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Cli, BenchRunsACheckpointWithATinyVocabulary) {
   // bench draws prompt ids from [4, vocab) after BOS (2): with a vocabulary of 3 that range was
   // empty (undefined behaviour in std::uniform_int_distribution) and BOS itself out of range.

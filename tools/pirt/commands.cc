@@ -96,6 +96,15 @@ std::optional<ModelConfig> named_config(const std::string& name) {
   return std::nullopt;
 }
 
+// The name bench reports and --check matches for `model`: a built-in name as given; a checkpoint
+// folder of a built-in architecture's exact sizes (a converted openpi pi0) by that name.
+std::string bench_model_name(const std::string& model, const ModelConfig& loaded) {
+  if (named_config(model)) return model;
+  for (const char* n : {"pi0", "pi05", "tiny", "tiny-pi05"})
+    if (named_config(n)->name() == loaded.name()) return n;
+  return model;
+}
+
 std::unique_ptr<Engine> load_model(const std::string& model, const EngineOptions& opt) {
   if (const auto c = named_config(model)) return Engine::random(*c, 0, opt);
   return Engine::load(model, opt);
@@ -215,7 +224,7 @@ int cmd_bench(int argc, char** argv) {
   if (a.has("--check")) {
     BenchFigures fig;
     fig.device = engine->backend().name();
-    fig.model = model;
+    fig.model = bench_model_name(model, engine->config());
     fig.cameras = cameras;
     fig.absent = absent;
     fig.prompt_len = prompt_len;
