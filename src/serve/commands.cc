@@ -201,6 +201,8 @@ int run_serve(int argc, char** argv, const CliHooks& hooks) {
            with({{"--port", "N", "TCP port (default 8000)"},
                  {"--host", "ADDR", "address to listen on (default 0.0.0.0)"},
                  {"--max-batch", "N", "requests of different clients run as one batch, up to N (default 8)"},
+                 {"--max-message-mb", "N", "close a connection whose request frame exceeds N MiB with 1009 "
+                                           "(default 256; 0: no limit, as openpi)"},
                  {"--quiet", nullptr, "no log line per request"}}));
     if (!a.parse(argc, argv)) return 0;
     PolicyOptions popt = policy_options(a);
@@ -209,6 +211,7 @@ int run_serve(int argc, char** argv, const CliHooks& hooks) {
     sopt.host = a.get("--host", "0.0.0.0");
     sopt.handle_signals = true;
     sopt.log_requests = !a.has("--quiet");
+    sopt.max_message_bytes = a.get_int("--max-message-mb", 256, 0, 1 << 20) << 20;
     const int max_batch = static_cast<int>(a.get_int("--max-batch", 8, 1, 1024));
     engine_options(a);  // check --device / --horizon before the (slow) load
 #if defined(__GLIBC__)

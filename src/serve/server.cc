@@ -220,7 +220,7 @@ void Server::session(void* socket_ptr, uint64_t id) {
 
     websocket::stream<tcp::socket> ws(std::move(sock));
     const Unregister unregister{unregister_fd};  // destroyed before ws
-    ws.read_message_max(0);  // openpi: max_size=None
+    ws.read_message_max(static_cast<std::uint64_t>(opt_.max_message_bytes));  // 0: no limit
     ws.auto_fragment(false);
     ws.set_option(websocket::stream_base::decorator(
         [](websocket::response_type& res) { res.set(http::field::server, "pirt"); }));
@@ -235,6 +235,14 @@ void Server::session(void* socket_ptr, uint64_t id) {
       const auto start = Clock::now();
       beast::flat_buffer msg;
       ws.read(msg, ec);
+      if (ec == websocket::error::message_too_big) {
+        // Beast has answered with close 1009 (message too big) and failed the read.
+        ++failed_;
+        log(strformat("connection %llu request %lld: frame larger than %lld bytes (--max-message-mb); closed with 1009",
+                      static_cast<unsigned long long>(id), static_cast<long long>(n),
+                      static_cast<long long>(opt_.max_message_bytes)));
+        break;
+      }
       if (ec) {
         log(strformat("connection %llu from %s closed", static_cast<unsigned long long>(id), peer.c_str()));
         break;

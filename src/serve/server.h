@@ -22,6 +22,10 @@ struct ServerOptions {
   int port = 8000;              // 0: any free port (tests)
   bool handle_signals = false;  // SIGINT / SIGTERM stop run()
   bool log_requests = true;     // one line per request on stderr
+  // A request frame larger than this closes its connection with 1009 (message too big); other
+  // clients are not affected. 0: no limit (openpi's server sets max_size=None). Three 224x224 RGB
+  // images are 0.45 MB, so the default leaves room for much larger observations.
+  int64_t max_message_bytes = int64_t{256} << 20;
 };
 
 class Server {

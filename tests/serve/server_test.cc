@@ -28,6 +28,7 @@ using tcp = net::ip::tcp;
 using testing::FakeEngine;
 
 const std::string kData = PIRT_TEST_DATA;
+constexpr int64_t kMaxMessage = 4 << 20;  // the test server's request size limit (a request is ~0.3 MB)
 
 PolicyOptions options() {
   PolicyOptions o;
@@ -108,6 +109,7 @@ class ServerTest : public ::testing::Test {
     so.host = "127.0.0.1";
     so.port = 0;
     so.log_requests = false;
+    so.max_message_bytes = kMaxMessage;
     server_ = std::make_unique<Server>(*policy_, *queue_, so);
     thread_ = std::thread([this] { server_->run(); });
   }
@@ -146,6 +148,20 @@ TEST_F(ServerTest, MetadataThenRequestsWithTimings) {
   const Value r2 = c.infer(request(0.2));
   ASSERT_NE(r2.find("server_timing")->find("prev_total_ms"), nullptr);
   EXPECT_GT(r2.find("server_timing")->find("prev_total_ms")->as_float(), 0.0);
+}
+
+// A frame over the limit closes that connection with 1009 (message too big); the server keeps
+// serving the others and new ones.
+TEST_F(ServerTest, OversizedFrameClosesOnlyItsConnectionWith1009) {
+  Client other(port());
+  Client big(port());
+  big.send(std::string(static_cast<size_t>(kMaxMessage) + 1, 'x'));
+  const Frame f = big.read();
+  EXPECT_EQ(f.close_code, static_cast<int>(websocket::close_code::too_big));
+  EXPECT_EQ(other.infer(request(0.3)).find("actions")->as_array().shape, (std::vector<int64_t>{50, 7}));
+  Client fresh(port());
+  EXPECT_EQ(fresh.infer(request(0.4)).find("actions")->as_array().shape, (std::vector<int64_t>{50, 7}));
+  EXPECT_EQ(server_->requests_failed(), 1);
 }
 
 TEST_F(ServerTest, HealthCheck) {
