@@ -173,9 +173,11 @@ void write_checkpoint(const std::string& dir, const ModelConfig& config,
   // Table order first (the file then reads like the model), then anything extra by name.
   std::vector<std::pair<std::string, Tensor>> list;
   for (const WeightSpec& w : weight_table(config)) list.emplace_back(w.name, views.at(w.name));
-  for (const auto& [name, t] : views)
+  for (const auto& kv : views) {  // (not a structured binding: clang < 16 cannot capture one)
+    const std::string& name = kv.first;
     if (std::none_of(list.begin(), list.end(), [&](const auto& p) { return p.first == name; }))
-      list.emplace_back(name, t);
+      list.emplace_back(name, kv.second);
+  }
   const std::string model_path = (std::filesystem::path(dir) / "model.safetensors").string();
   // "format": "pt" is what safetensors.torch writes; some tools look for it.
   write_safetensors(model_path, list, {{"format", "pt"}});

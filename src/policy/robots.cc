@@ -170,8 +170,8 @@ RobotInputs robot_inputs(Robot r, const Value& request) {
       const Value& images = require(request, "images");
       if (!images.is_map()) throw Error(std::string("request: 'images' must be a dict, got ") + images.type_name());
       static const char* const kCams[] = {"cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"};
-      for (const auto& [k, v] : images.as_map()) {
-        (void)v;
+      for (const auto& kv : images.as_map()) {  // (no structured binding: clang < 16 cannot capture one)
+        const std::string& k = kv.first;
         if (std::find_if(std::begin(kCams), std::end(kCams), [&](const char* c) { return k == c; }) ==
             std::end(kCams))
           throw Error("request: images may hold cam_high, cam_low, cam_left_wrist, cam_right_wrist; got '" + k + "'");
