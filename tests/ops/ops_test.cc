@@ -45,6 +45,7 @@
 #include "ops/ops.h"
 #if PIRT_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/kernels.h"
 #endif
 
 namespace pirt {
@@ -698,6 +699,34 @@ TEST(CudaBackend, SmallGemmMatchesCpu) {
   for (const OpCase& oc : all_cases())
     if (oc.name.find("linear/expert") == 0 || oc.name.find("linear/small") == 0 || oc.name.find("linear/pi05") == 0)
       check_case(oc, *gpu, " [small gemm]");
+}
+
+// The small-M GEMM's plans (host code: runs without a GPU). Every column is in a tile and every k
+// chunk in exactly one split (splits <= chunks), cluster plans fit a portable cluster (<= 8), partials
+// plans <= 16 splits; a forced configuration runs as asked where it can and falls back where not.
+TEST(SmallGemmPlan, CoversTheShapeWithinTheLimits) {
+  using cuda::SmallGemmPlan, cuda::small_gemm_plan, cuda::small_gemm_plan_partials;
+  for (auto [m, n, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {51, 2560, 1024}, {51, 1024, 2048}, {51, 8192, 1024}, {51, 1024, 4096}, {11, 8192, 1024}, {1, 100, 72},
+           {64, 96, 4104}}) {
+    const int64_t chunks = (k + 63) / 64;
+    for (bool partials : {false, true}) {
+      const SmallGemmPlan p = partials ? small_gemm_plan_partials(m, n, k, 132) : small_gemm_plan(m, n, k, 132);
+      const std::string what = std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k) +
+                               (partials ? " partials" : " cluster");
+      EXPECT_TRUE(p.bn == 32 || p.bn == 64 || p.bn == 128) << what;
+      EXPECT_EQ(p.mt, (m + 15) / 16) << what;
+      EXPECT_GE(int64_t{p.col_tiles} * p.bn, n) << what;
+      EXPECT_LT(int64_t{p.col_tiles - 1} * p.bn, n) << what;
+      EXPECT_GE(p.splits, 1) << what;
+      EXPECT_LE(p.splits, std::min<int64_t>(chunks, partials ? 16 : 8)) << what;
+    }
+  }
+  const SmallGemmPlan forced = small_gemm_plan(51, 1024, 2048, 132, 64, 8);
+  EXPECT_EQ(forced.bn, 64);
+  EXPECT_EQ(forced.splits, 8);
+  const SmallGemmPlan cannot = small_gemm_plan(51, 1024, 128, 132, 64, 8);  // 2 chunks: not 8 splits
+  EXPECT_LE(cannot.splits, 2);
 }
 
 // The fused sequences through our small-M GEMM in partials mode (off by default in the engine).
