@@ -11,13 +11,11 @@ namespace {
 // Rows [0, T) of a buffer planned for at least T rows.
 Tensor first(const Tensor& t, int64_t T) { return t.rows(0, T); }
 
-// qkv = x . [Wq | Wk | Wv]^T: one GEMM when fused, else three and two column joins.
-void project_qkv(Backend& be, const GemmaLayerW& w, const LayerActs& a, const Tensor& xn, const Tensor& qkv) {
+// qkv = x . [Wq | Wk | Wv]^T from separate weights (--no-fuse): three GEMMs and two column joins.
+// (Fused weights go through Backend::linear_qkv_rope.)
+void project_qkv_unfused(Backend& be, const GemmaLayerW& w, const LayerActs& a, const Tensor& xn,
+                         const Tensor& qkv) {
   const int64_t T = xn.dim(0);
-  if (!w.qkv.empty()) {
-    be.linear(xn, w.qkv, {}, qkv);
-    return;
-  }
   be.linear(xn, w.q, {}, first(a.q_part, T));
   be.linear(xn, w.k, {}, first(a.k_part, T));
   be.linear(xn, w.v, {}, first(a.v_part, T));
@@ -75,7 +73,7 @@ void gemma_layer(Backend& be, const GemmaCall& call) {
   if (!w.qkv.empty()) {
     be.linear_qkv_rope(xn, w.qkv, qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, Knew, Vnew);
   } else {
-    project_qkv(be, w, a, xn, qkv);
+    project_qkv_unfused(be, w, a, xn, qkv);
     be.qkv_rope(qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, Knew, Vnew);
   }
   if (call.kv_only) return;  // the last prefix layer: the action steps read only its K/V
