@@ -6,7 +6,7 @@
 //   nvcc -std=c++20 -O2 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Isrc \
 //     bench/kernels/kernel_bench.cu build-cuda/libpirt_cuda.a build-cuda/libpirt_io.a build-cuda/libpirt_core.a -lcublasLt \
 //     -o build-cuda/kernel_bench
-// Run: build-cuda/kernel_bench [--quick | --attention (attention only) | --profile]. Every time is the median over replays of a CUDA graph of
+// Run: build-cuda/kernel_bench [--quick | --attention (attention only) | --block-tail | --profile]. Every time is the median over replays of a CUDA graph of
 // 20 calls, per call. TB/s counts weight bytes (GEMM) or q+k+v+out bytes (attention).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -456,6 +456,75 @@ void bench_copy(cudaStream_t s) {
   cudaFree(b);
 }
 
+// --block-tail: the action expert's block tail kernel over 18 layers of pi0-sized weights (0.62 GB,
+// so they stream from HBM), then one layer's phase timeline (globaltimer stamps of every block).
+void bench_block_tail(cudaStream_t s, int sms, int prefetch) {
+  const int M = 51, D = 1024, F = 4096, Ko = 2048, H = 8, KV = 1, Dh = 256, L = 18;
+  std::vector<BlockTailParams> ps(L);
+  void* attn = dmalloc((size_t)M * Ko * 2);
+  void* h = dmalloc((size_t)M * D * 2);
+  void* xn = dmalloc((size_t)M * D * 2);
+  void* mlp = dmalloc((size_t)M * F * 2);
+  void* q = dmalloc((size_t)M * H * Dh * 2);
+  void* k = dmalloc((size_t)M * KV * Dh * 2);
+  void* v = dmalloc((size_t)M * KV * Dh * 2);
+  float* norm = static_cast<float*>(dmalloc(D * 4));
+  int32_t* pos = static_cast<int32_t*>(dmalloc(M * 4));
+  float* partials = static_cast<float*>(dmalloc((size_t)kMaxBlockTailSplits * M * D * 4));
+  auto* bar = static_cast<unsigned long long*>(dmalloc(256));
+  auto* timing = static_cast<unsigned long long*>(dmalloc((size_t)sms * kTailStamps * 8));
+  CUDA_CHECK(cudaMemset(norm, 0, D * 4));
+  CUDA_CHECK(cudaMemset(pos, 0, M * 4));
+  CUDA_CHECK(cudaMemset(bar, 0, 256));
+  fill(attn, (size_t)M * Ko, 1, 1.f);
+  fill(h, (size_t)M * D, 2, 1.f);
+  for (int l = 0; l < L; ++l) {
+    BlockTailParams& p = ps[l];
+    p.M = M, p.D = D, p.F = F, p.Ko = Ko, p.heads = H, p.kv_heads = KV, p.head_dim = Dh;
+    p.attn = attn, p.h = h, p.xn = xn, p.mlp = mlp, p.q = q, p.k = k, p.v = v, p.positions = pos;
+    p.ffn_norm = norm, p.next_norm = norm, p.partials = partials, p.barrier = bar;
+    p.prefetch = prefetch;
+    void* wo = dmalloc((size_t)D * Ko * 2);
+    void* wgu = dmalloc((size_t)2 * F * D * 2);
+    void* wd = dmalloc((size_t)D * F * 2);
+    void* wqkv = dmalloc((size_t)(H + 2 * KV) * Dh * D * 2);
+    fill(wo, (size_t)D * Ko, 10 + l, 0.02f);
+    fill(wgu, (size_t)2 * F * D, 30 + l, 0.03f);
+    fill(wd, (size_t)D * F, 50 + l, 0.015f);
+    fill(wqkv, (size_t)(H + 2 * KV) * Dh * D, 70 + l, 0.03f);
+    p.wo = wo, p.wgu = wgu, p.wd = wd, p.wqkv = wqkv;
+  }
+  const double us = time_graph(s, L, [&] {
+    for (int l = 0; l < L; ++l) block_tail(ps[l], sms, s);
+  });
+  const double mb = (2.0 * (D * Ko + 2.0 * F * D + D * F + (H + 2 * KV) * Dh * D)) / 1e6;
+  std::printf("prefetch %d: block tail (m %d, d %d, f %d, ko %d, qkv %d): %.2f us a layer (%.1f MB of weights: %.2f TB/s)\n", prefetch, M,
+              D, F, Ko, (H + 2 * KV) * Dh, us, mb, mb / us);
+  // Timeline of the last of 18 eager launches.
+  for (int l = 0; l < L; ++l) {
+    BlockTailParams p = ps[l];
+    if (l == L - 1) p.timing = timing;
+    block_tail(p, sms, s);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  std::vector<unsigned long long> t((size_t)sms * kTailStamps);
+  CUDA_CHECK(cudaMemcpy(t.data(), timing, t.size() * 8, cudaMemcpyDeviceToHost));
+  unsigned long long t0 = ~0ull;
+  for (int b = 0; b < sms; ++b) t0 = std::min(t0, t[(size_t)b * kTailStamps]);
+  const char* names[kTailStamps] = {"enter",       "G1 out-proj done", "barrier 1", "R1 norm done",
+                                    "barrier 2",   "G2 gate/up done",  "barrier 3", "G3 down done",
+                                    "barrier 4",   "R2 norm done",     "barrier 5", "G4 qkv+rope done"};
+  std::printf("  phase timeline (us after the first block entered): min / mean / max over %d blocks\n", sms);
+  for (int k2 = 0; k2 < kTailStamps; ++k2) {
+    double mn = 1e30, mx = 0, sum = 0;
+    for (int b = 0; b < sms; ++b) {
+      const double x = (double)(t[(size_t)b * kTailStamps + k2] - t0) / 1000.0;
+      mn = std::min(mn, x), mx = std::max(mx, x), sum += x;
+    }
+    std::printf("  %-18s %8.2f %8.2f %8.2f\n", names[k2], mn, sum / sms, mx);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -472,6 +541,11 @@ int main(int argc, char** argv) {
       int* pc = static_cast<int*>(dmalloc(16384 * 4));
       CUDA_CHECK(cudaMemset(pc, 0, 16384 * 4));
       profile_once(s, pws, pc, prop.multiProcessorCount);
+      return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--block-tail") == 0) {
+      bench_block_tail(s, prop.multiProcessorCount, 1);
+      bench_block_tail(s, prop.multiProcessorCount, 0);
       return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--attention") == 0) {

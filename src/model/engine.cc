@@ -36,6 +36,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, [[maybe_unused]
     co.own_small_gemm = opt.own_small_gemm;
     co.pdl = opt.pdl;
     co.fused_small_gemm = opt.fused_small_gemm;
+    co.block_kernel = opt.block_kernel;
     co.tuning_file = opt.tuning_file;
     return make_cuda_backend(co);
   }

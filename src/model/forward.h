@@ -85,6 +85,14 @@ struct GemmaCall {
   // xn_ready says the previous layer did so for this one.
   Tensor next_attn_norm;
   bool xn_ready = false;
+  // Block-tail chaining (pi0's expert with fused weights): `tail` runs everything after the
+  // attention as Backend::gemma_block_tail, which also computes the next layer's q and K/V rows
+  // (into a.q, next_K, next_V) when next_w is set; qkv_ready says the previous layer did so for this
+  // one. Needs next_attn_norm (the next layer's pre-attention norm, or the final norm).
+  bool tail = false;
+  const GemmaLayerW* next_w = nullptr;
+  Tensor next_K, next_V;
+  bool qkv_ready = false;
 };
 void gemma_layer(Backend& be, const GemmaCall& call);
 // posemb_sincos(t) of width `dim` (spec 4.2), in float64 then rounded to float32.

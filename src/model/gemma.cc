@@ -66,21 +66,42 @@ void gemma_layer(Backend& be, const GemmaCall& call) {
   const int64_t T = call.h.dim(0), Tk = call.kv_begin + T;
   const Tensor xn = first(a.xn, T), qkv = first(a.qkv, T), q = first(a.q, T), attn = first(a.attn, T);
 
-  // x = pre_attention_norm(h) (unless the previous layer left it in xn)
-  if (!call.xn_ready) norm(be, call.h, w.attn_norm, call.mod_attn, xn);
-  // q, k, v = q_proj(x), k_proj(x), v_proj(x); RoPE on q and k; k, v into the cache.
-  const Tensor Knew = call.K.rows(call.kv_begin, T), Vnew = call.V.rows(call.kv_begin, T);
-  if (!w.qkv.empty()) {
-    be.linear_qkv_rope(xn, w.qkv, qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, Knew, Vnew);
-  } else {
-    project_qkv_unfused(be, w, a, xn, qkv);
-    be.qkv_rope(qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, Knew, Vnew);
+  if (!call.qkv_ready) {  // (else the previous layer's block tail left q and K/V here)
+    // x = pre_attention_norm(h) (unless the previous layer left it in xn)
+    if (!call.xn_ready) norm(be, call.h, w.attn_norm, call.mod_attn, xn);
+    // q, k, v = q_proj(x), k_proj(x), v_proj(x); RoPE on q and k; k, v into the cache.
+    const Tensor Knew = call.K.rows(call.kv_begin, T), Vnew = call.V.rows(call.kv_begin, T);
+    if (!w.qkv.empty()) {
+      be.linear_qkv_rope(xn, w.qkv, qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, Knew, Vnew);
+    } else {
+      project_qkv_unfused(be, w, a, xn, qkv);
+      be.qkv_rope(qkv, call.positions, g.heads, g.kv_heads, g.head_dim, q, Knew, Vnew);
+    }
   }
   if (call.kv_only) return;  // the last prefix layer: the action steps read only its K/V
   // attn = softmax(q k^T / sqrt(Dh), mask) v over every key in the cache so far
   const Shape qs{1, T, g.heads, g.head_dim}, ks{1, Tk, g.kv_heads, g.head_dim};
   be.attention(q.reshape(qs), call.K.rows(0, Tk).reshape(ks), call.V.rows(0, Tk).reshape(ks), call.mask,
                1.f / std::sqrt(static_cast<float>(g.head_dim)), attn.reshape(qs));
+  if (call.tail) {  // the rest of this layer and the start of the next as one backend op
+    PIRT_CHECK(!call.next_attn_norm.empty() && !w.gate_up.empty() && call.mod_attn.empty(),
+               "gemma_layer: a block tail needs plain norms, fused gate+up weights and next_attn_norm");
+    BlockTail b{.attn = attn, .wo = w.o, .h = call.h, .ffn_norm = w.ffn_norm, .w_gate_up = w.gate_up,
+                .w_down = w.down, .next_norm = call.next_attn_norm, .xn = xn, .gu = first(a.gu, T),
+                .mlp = first(a.mlp, T)};
+    if (call.next_w) {
+      b.next_qkv = call.next_w->qkv;
+      b.qkv = qkv;
+      b.positions = call.positions;
+      b.q = q;
+      b.k = call.next_K.rows(call.kv_begin, T);
+      b.v = call.next_V.rows(call.kv_begin, T);
+      b.heads = g.heads, b.kv_heads = g.kv_heads, b.head_dim = g.head_dim;
+    }
+    b.eps = kNormEps;
+    be.gemma_block_tail(b);
+    return;
+  }
   // h += o_proj(attn)  (times the adaRMS gate in pi0.5's expert); x = pre_ffw_norm(h)
   if (call.mod_attn.empty() && call.mod_ffn.empty()) {
     be.linear_residual_rms_norm(attn, w.o, call.h, w.ffn_norm, kNormEps, xn);

@@ -232,23 +232,31 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
 
     // the action expert over [prefix cache | suffix], layer by layer
     const Tensor mods = c.pi05() ? p.mods.rows(s * per_step, per_step) : Tensor{};
-    for (int l = 0; l < c.expert.depth; ++l) {
-      // pi0: each layer's down projection also computes the next layer's pre-attention norm.
-      const bool chain = !c.pi05();
+    // pi0 (plain RMSNorms): each layer's down projection also computes the next layer's
+    // pre-attention norm (the last layer's: the final norm). With fused weights everything after a
+    // layer's attention, through the next layer's q and K/V, is one block tail.
+    const bool chain = !c.pi05();
+    const bool tail = chain && !w.expert[0].qkv.empty() && !w.expert[0].gate_up.empty();
+    const int depth = c.expert.depth;
+    for (int l = 0; l < depth; ++l) {
+      const bool last = l + 1 == depth;
       gemma_layer(be, GemmaCall{.cfg = &c.expert, .w = &w.expert[l], .a = &p.suf, .h = p.hs,
                                 .positions = p.suffix_pos, .K = p.K[l], .V = p.V[l],
                                 .kv_begin = static_cast<int>(P), .mask = suffix_mask,
                                 .mod_attn = c.pi05() ? mods.rows(2 * l, 1) : Tensor{},
                                 .mod_ffn = c.pi05() ? mods.rows(2 * l + 1, 1) : Tensor{},
-                                .next_attn_norm = chain && l + 1 < c.expert.depth ? w.expert[l + 1].attn_norm : Tensor{},
-                                .xn_ready = chain && l > 0});
+                                .next_attn_norm = !chain ? Tensor{} : last ? w.expert_norm : w.expert[l + 1].attn_norm,
+                                .xn_ready = chain && l > 0,
+                                .tail = tail,
+                                .next_w = tail && !last ? &w.expert[l + 1] : nullptr,
+                                .next_K = tail && !last ? p.K[l + 1] : Tensor{},
+                                .next_V = tail && !last ? p.V[l + 1] : Tensor{},
+                                .qkv_ready = tail && l > 0});
     }
-    // final norm; v_t = action_out_proj(suffix_out[:, -H:]) in fp32
+    // final norm (pi0: left in xn by the last layer); v_t = action_out_proj(suffix_out[:, -H:]) in fp32
     const Tensor xn = p.suf.xn.rows(0, T);
     if (c.pi05())
       be.ada_rms_norm(p.hs, mods.rows(per_step - 1, 1), kNormEps, xn);
-    else
-      be.rms_norm(p.hs, w.expert_norm, kNormEps, xn);
     be.cast(xn.rows(T - H, H), p.out_f32);
     be.linear(p.out_f32, w.action_out.w, w.action_out.b, p.v);
     be.axpy(p.x, p.v, dt);

@@ -36,6 +36,21 @@ struct AttentionMask {
   bool none() const { return q_block.empty(); }
 };
 
+// The rest of a Gemma layer after its attention and the start of the next one (pi0's action
+// expert: plain RMSNorms, fused Q/K/V and gate+up weights), for Backend::gemma_block_tail:
+//   h += attn . wo^T;                                  xn = rms_norm(h, ffn_norm)
+//   h += (gelu_tanh(xn . wg^T) * (xn . wu^T)) . wd^T;  xn = rms_norm(h, next_norm)
+//   then, when next_qkv is set, linear_qkv_rope(xn, next_qkv, ...) into q, k, v (the next layer's).
+// w_gate_up = [wg | wu] ([2F, D]); gu [T, 2F], mlp [T, F] and qkv [T, (heads + 2 kv_heads) head_dim]
+// are scratch that a fused implementation may leave unwritten.
+struct BlockTail {
+  Tensor attn, wo, h, ffn_norm, w_gate_up, w_down, next_norm, xn;
+  Tensor gu, mlp;
+  Tensor next_qkv, qkv, positions, q, k, v;  // next_qkv empty: stop after the second norm
+  int heads = 0, kv_heads = 0, head_dim = 0;
+  float eps = 1e-6f;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -132,6 +147,16 @@ class Backend {
                                         float eps, const Tensor& xn) {
     linear(x, w, {}, h, Epilogue::None, h);
     rms_norm(h, norm_w, eps, xn);
+  }
+  // BlockTail (above): the ops one after another by default; the CUDA backend runs it as one
+  // persistent kernel for few rows (the action steps).
+  virtual void gemma_block_tail(const BlockTail& b) {
+    linear_residual_rms_norm(b.attn, b.wo, b.h, b.ffn_norm, b.eps, b.xn);
+    linear(b.xn, b.w_gate_up, {}, b.gu);
+    geglu(b.gu, b.mlp);
+    linear_residual_rms_norm(b.mlp, b.w_down, b.h, b.next_norm, b.eps, b.xn);
+    if (!b.next_qkv.empty())
+      linear_qkv_rope(b.xn, b.next_qkv, b.qkv, b.positions, b.heads, b.kv_heads, b.head_dim, b.q, b.k, b.v);
   }
 };
 

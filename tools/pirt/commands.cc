@@ -28,6 +28,7 @@ EngineOptions engine_options(const Args& a) {
   o.own_small_gemm = !a.flag("--no-small-gemm");
   o.pdl = a.flag("--pdl");
   o.fused_small_gemm = a.flag("--fused-small-gemm");
+  o.block_kernel = a.flag("--block-kernel");
   o.tuning_file = a.str("--tuning");
   return o;
 }
@@ -42,9 +43,12 @@ const char* kEngineFlagsHelp =
     "                           the one before (off by default: a loss on the H100)\n"
     "  --fused-small-gemm       the action expert's QKV+RoPE and output/down+residual+RMSNorm through\n"
     "                           our small-M GEMM, split sums added in the row kernel (off: even)\n"
+    "  --block-kernel           pi0's action expert: everything after each attention through the next\n"
+    "                           layer's q, k, v as one persistent kernel (off: 4% slower on the H100)\n"
 
     "  --tuning FILE|none       GEMM algorithms per shape (pirt tune); default: bench/tuning/ for this GPU\n";
-const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm", "--pdl", "--fused-small-gemm"};
+const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm", "--pdl", "--fused-small-gemm",
+                                           "--block-kernel"};
 
 namespace {
 
@@ -216,7 +220,8 @@ int cmd_bench(int argc, char** argv) {
                           {"graphs", opt.graphs},
                           {"own_small_gemm", opt.own_small_gemm},
                           {"pdl", opt.pdl},
-                          {"fused_small_gemm", opt.fused_small_gemm}}}};
+                          {"fused_small_gemm", opt.fused_small_gemm},
+                          {"block_kernel", opt.block_kernel}}}};
     std::ofstream f(a.str("--json"));
     if (!f) throw_error("cannot write " + a.str("--json"));
     f << j.dump(2) << "\n";

@@ -68,6 +68,12 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x)));
 }
 
+// RoPE's angle for pair (i, i + head_dim / 2) at position pos, in fp32 (theta 10000; ops.h qkv_rope).
+__device__ __forceinline__ void rope_sincos(int pos, int i, int head_dim, float* s, float* c) {
+  const float timescale = powf(10000.f, (2.f * (float)i) / (float)head_dim);
+  sincosf((float)pos / timescale, s, c);
+}
+
 // Programmatic dependent launch (sm_90): kernels launched with launch() may start while the kernel
 // before them in the stream is still running. Each such kernel calls pdl_wait() before it touches
 // memory an earlier kernel writes or reads (everything except weights), and pdl_trigger() once all of

@@ -34,6 +34,8 @@ constexpr size_t kSlabBytes = 64ull << 20;  // small tensors share slabs of this
 constexpr size_t kLtWorkspace = 32ull << 20;
 constexpr size_t kAttentionWorkspace = 16ull << 20;
 constexpr size_t kPartialsBytes = 16ull << 20;  // small_gemm_partials' split sums (16 x 64 x 4096 floats)
+constexpr int kTailMaxWidth = 2048;              // the block tail's widest D (8 per thread)
+constexpr size_t kTailPartialsBytes = (size_t)kMaxBlockTailSplits * 64 * kTailMaxWidth * 4;  // 4 MB
 
 size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -52,6 +54,10 @@ class CudaBackend final : public Backend {
     // Thread-block clusters (the attention's in-cluster merge of key splits) exist from sm_90 on.
     // Our small-M GEMM (clusters, griddepcontrol) and programmatic dependent launch as well.
     if (prop.major < 9) opt_.attention_clusters = false, opt_.own_small_gemm = false, opt_.pdl = false;
+#if !PIRT_CUDA_SM90A
+    opt_.block_kernel = false;
+#endif
+    if (prop.major != 9) opt_.block_kernel = false;
     set_pdl_enabled(opt_.pdl);
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     lt_ws_ = raw_alloc(kLtWorkspace);
@@ -60,6 +66,11 @@ class CudaBackend final : public Backend {
     lt_->set_tuning(tuning_.get());
     attn_ws_ = static_cast<float*>(raw_alloc(kAttentionWorkspace));
     if (opt_.own_small_gemm && opt_.fused_small_gemm) partials_ = static_cast<float*>(raw_alloc(kPartialsBytes));
+    if (opt_.block_kernel) {
+      tail_partials_ = static_cast<float*>(raw_alloc(kTailPartialsBytes));
+      tail_barrier_ = static_cast<unsigned long long*>(raw_alloc(256));
+      CUDA_CHECK(cudaMemset(tail_barrier_, 0, 256));
+    }
   }
 
   ~CudaBackend() override {
@@ -396,6 +407,58 @@ class CudaBackend final : public Backend {
                                      stream_);
   }
 
+  // ---- the block tail as one persistent kernel (block_tail.cu) ----
+  void gemma_block_tail(const BlockTail& b) override {
+    if (!block_tail_fits(b)) {
+      Backend::gemma_block_tail(b);
+      return;
+    }
+    BlockTailParams p;
+    p.M = static_cast<int>(b.h.dim(0));
+    p.D = static_cast<int>(b.h.dim(1));
+    p.F = static_cast<int>(b.w_down.dim(1));
+    p.Ko = static_cast<int>(b.wo.dim(1));
+    p.eps = b.eps;
+    p.attn = b.attn.data, p.wo = b.wo.data, p.h = b.h.data;
+    p.ffn_norm = b.ffn_norm.data, p.ffn_norm_bf16 = b.ffn_norm.dtype == DType::BF16;
+    p.wgu = b.w_gate_up.data, p.wd = b.w_down.data;
+    p.next_norm = b.next_norm.data, p.next_norm_bf16 = b.next_norm.dtype == DType::BF16;
+    p.xn = b.xn.data, p.mlp = b.mlp.data;
+    if (!b.next_qkv.empty()) {
+      p.heads = b.heads, p.kv_heads = b.kv_heads, p.head_dim = b.head_dim;
+      p.wqkv = b.next_qkv.data;
+      p.positions = b.positions.ptr<int32_t>();
+      p.q = b.q.data, p.k = b.k.data, p.v = b.v.data;
+    }
+    p.partials = tail_partials_;
+    p.barrier = tail_barrier_;
+    block_tail(p, num_sms_, stream_);
+  }
+
+  // Whether the block tail's kernel takes these tensors (else the ops one after another).
+  bool block_tail_fits(const BlockTail& b) const {
+    if (!opt_.block_kernel || b.h.shape.rank() != 2 || b.wo.shape.rank() != 2 || b.w_down.shape.rank() != 2 ||
+        b.w_gate_up.shape.rank() != 2)
+      return false;
+    const int64_t M = b.h.dim(0), D = b.h.dim(1), F = b.w_down.dim(1), Ko = b.wo.dim(1);
+    auto bf = [](const Tensor& t) { return t.dtype == DType::BF16 && aligned16(t.data); };
+    auto normw = [&](const Tensor& t) { return (t.dtype == DType::BF16 || t.dtype == DType::F32) && t.numel() == D; };
+    bool ok = D <= kTailMaxWidth && M <= 64 && bf(b.attn) && bf(b.wo) && bf(b.h) && bf(b.w_gate_up) &&
+              bf(b.w_down) && bf(b.xn) && bf(b.mlp) && normw(b.ffn_norm) && normw(b.next_norm) &&
+              b.attn.numel() == M * Ko && b.wo.dim(0) == D && b.w_gate_up.dim(0) == 2 * F &&
+              b.w_gate_up.dim(1) == D && b.w_down.dim(0) == D && b.xn.numel() == M * D && b.mlp.numel() >= M * F;
+    int heads = 0, kv = 0, hd = 0;
+    if (!b.next_qkv.empty()) {
+      heads = b.heads, kv = b.kv_heads, hd = b.head_dim;
+      const int64_t width = (int64_t)(heads + 2 * kv) * hd;
+      ok = ok && bf(b.next_qkv) && bf(b.q) && bf(b.k) && bf(b.v) && b.next_qkv.shape.rank() == 2 &&
+           b.next_qkv.dim(0) == width && b.next_qkv.dim(1) == D && b.positions.dtype == DType::I32 &&
+           b.positions.numel() == M && b.q.numel() == M * heads * hd && b.k.numel() == M * kv * hd &&
+           b.v.numel() == b.k.numel() && hd > 0;
+    }
+    return ok && block_tail_supported((int)M, (int)D, (int)F, (int)Ko, heads, kv, hd);
+  }
+
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, float scale,
                  const Tensor& out) override {
     PIRT_CHECK(q.shape.rank() == 4 && k.shape.rank() == 4 && v.shape == k.shape && out.numel() == q.numel(),
@@ -499,6 +562,8 @@ class CudaBackend final : public Backend {
   void* lt_ws_ = nullptr;
   float* attn_ws_ = nullptr;
   float* partials_ = nullptr;  // small_gemm_partials output (fused sequences)
+  float* tail_partials_ = nullptr;  // the block tail's k-split sums
+  unsigned long long* tail_barrier_ = nullptr;  // its grid barrier's counter
   std::vector<void*> blocks_;
   uint8_t* slab_ = nullptr;
   size_t slab_used_ = 0;

@@ -279,10 +279,6 @@ __global__ void embed_kernel(const int32_t* __restrict__ ids, const TT* __restri
 
 // RoPE angle for pair i of a head of `head_dim` dims at position `pos`: pos * 10000^(-2i/head_dim),
 // in fp32 (gemma.py _apply_rope: radians = pos / 10000^(2i/Dh)).
-__device__ __forceinline__ void rope_sincos(int pos, int i, int head_dim, float* s, float* c) {
-  const float timescale = powf(10000.f, (2.f * (float)i) / (float)head_dim);
-  sincosf((float)pos / timescale, s, c);
-}
 
 // Head slots [0, heads + kv_heads) rotate the pairs (i, i + half) of a q or k head; the last kv_heads
 // slots copy a v head. Block (t, y) takes token t's slots [y, y + 1) * ceil(slots / gridDim.y): with

@@ -90,6 +90,41 @@ SmallGemmPlan small_gemm_plan_partials(int64_t m, int64_t n, int64_t k, int num_
 void small_gemm_partials(const SmallGemmPlan& plan, const void* x, const void* w, float* partials,
                          int64_t m, int64_t n, int64_t k, cudaStream_t s);
 
+// ---- the action expert's block tail as one persistent kernel (block_tail.cu), sm_90a ----
+// Backend::gemma_block_tail (ops.h) for M <= 64 rows: bf16 activations and weights, row-major and
+// 16-byte aligned; norm weights F32 or BF16. partials: kMaxBlockTailSplits * M * D floats. One
+// block per SM (cooperative launch).
+constexpr int kMaxBlockTailSplits = 8;
+struct BlockTailParams {
+  int M = 0, D = 0, F = 0, Ko = 0;             // rows, width, mlp width, attention width
+  int heads = 0, kv_heads = 0, head_dim = 0;   // of the next layer's QKV (wqkv null: none)
+  int splits_o = 1, splits_d = 1;              // set by block_tail()
+  float eps = 1e-6f;
+  int prefetch = 0;  // issue each GEMM phase's first weights before its barrier (measured a loss: 40.8 vs 37.1 us)
+  const void* attn = nullptr;                  // [M, Ko]
+  const void* wo = nullptr;                    // [D, Ko]
+  void* h = nullptr;                           // [M, D], updated in place
+  const void* ffn_norm = nullptr;              // [D]
+  int ffn_norm_bf16 = 0;
+  const void* wgu = nullptr;                   // [2F, D] = [gate | up]
+  const void* wd = nullptr;                    // [D, F]
+  const void* next_norm = nullptr;             // [D]
+  int next_norm_bf16 = 0;
+  void* xn = nullptr;                          // [M, D]
+  void* mlp = nullptr;                         // [M, F] scratch
+  const void* wqkv = nullptr;                  // [(heads + 2 kv_heads) head_dim, D] or null
+  const int32_t* positions = nullptr;          // [M]
+  void* q = nullptr;                           // [M, heads * head_dim]
+  void* k = nullptr;                           // [M, kv_heads * head_dim]
+  void* v = nullptr;
+  float* partials = nullptr;
+  unsigned long long* barrier = nullptr;  // zeroed once; used by no other kernel
+  unsigned long long* timing = nullptr;   // kernel_bench: [grid][kTailStamps] globaltimer stamps
+};
+constexpr int kTailStamps = 12;
+bool block_tail_supported(int M, int D, int F, int Ko, int heads, int kv_heads, int head_dim);
+void block_tail(BlockTailParams p, int num_sms, cudaStream_t s);
+
 // ---- attention (attention.cu) ----
 struct AttentionArgs {
   const void* q;  // [S, Tq, Hq, Dh] bf16

@@ -1,0 +1,524 @@
+// The action expert's block tail as one persistent kernel (Backend::gemma_block_tail, ops.h):
+//
+//   G1  partials = attn . wo^T                  (k split over `splits_o` units a column tile)
+//   R1  h = bf16(h + sum partials); xn = rms_norm(h, ffn_norm)
+//   G2  mlp = gelu_tanh(xn . wg^T) * (xn . wu^T)  (a unit holds 32 gate and the same 32 up columns)
+//   G3  partials = mlp . wd^T                   (k split over `splits_d`)
+//   R2  h = bf16(h + sum partials); xn = rms_norm(h, next_norm)
+//   G4  q, k, v = RoPE(xn . wqkv^T)             (a unit holds 16 columns of a head and their RoPE
+//                                                partners 128 further; optional)
+//
+// One block per SM, every block resident (a cooperative launch); the phases are separated by a grid
+// barrier. Why: at 51 rows each of these ops is a few microseconds of weight streaming, and as
+// separate kernels each also paid launch, ramp-up and tail (about 2 us each, ten kernels a layer).
+// Here the weights of a block's next GEMM unit are issued into its shared-memory pipeline before the
+// barrier in front of that GEMM (weights never depend on the phase before), so HBM keeps streaming
+// through barriers and row phases.
+//
+// GEMM units are the small-M GEMM's (gemm_small.cu) scheme: x is the 64-row A operand of wgmma
+// (rows >= M zero), a unit's 32 or 64 weight rows the B operand, 64-wide k chunks through a cp.async
+// pipeline in the 128-byte-swizzled layout, each of the two warpgroups computing half of the unit's
+// columns. Every sum is in fp32 and every intermediate is rounded to bf16 where the unfused path
+// stores it (h, xn, gate / up, mlp, qkv), so the results match the separate ops up to the order of
+// fp32 additions. The k-split sums are added in split order (deterministic).
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/mma.cuh"
+#include "backends/cuda/wgmma.cuh"
+
+namespace pirt::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kBK = 64;                                 // k a chunk
+constexpr int kStages = 12;                             // pipeline depth (11 chunks prefetched)
+constexpr int kWRows = 64;                              // weight rows a stage holds (units of 32 or 64)
+constexpr int kStageElems = (kWRows + 64) * kBK;        // weight tile, then the 64-row x tile
+constexpr int kScratchFloats = 16 * 128;                // warpgroup 1's accumulators, for warpgroup 0
+constexpr size_t kSmemBytes = (size_t)kStages * kStageElems * 2 + kScratchFloats * 4 + kStages * 8 + 1024;
+
+// A GEMM unit: weight rows [ra, ra + BN/2) (warpgroup 0's columns) and [rb, rb + BN/2) (warpgroup
+// 1's), k chunks [c0, c1).
+struct Unit {
+  int ra, rb, c0, c1;
+};
+
+// The operands as TMA tensor maps (2D, 64-element k boxes, 128-byte swizzle; x boxes are 64 rows,
+// the rows past M read as zeros).
+enum Map { kAttn, kWo, kXn, kWgu, kMlp, kWd, kWqkv, kMaps };
+struct TailArgs {
+  BlockTailParams b;
+  CUtensorMap map[kMaps];
+};
+
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ float ld_norm_w(const void* w, int is_bf16, int i) {
+  return is_bf16 ? __bfloat162float(static_cast<const bf16*>(w)[i]) : static_cast<const float*>(w)[i];
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(b)), "r"(count) : "memory");
+}
+// Expects tx more bytes in the barrier's current phase (no arrival).
+__device__ __forceinline__ void mbar_expect(uint64_t* b, uint32_t tx) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(b)), "r"(tx) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect(uint64_t* b, uint32_t tx) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(tx) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra WAIT;\n}\n" ::"r"(
+          smem_addr(b)),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* m, int k, int row, uint64_t* b) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(m), "r"(k), "r"(row), "r"(smem_addr(b))
+      : "memory");
+}
+// Generic-proxy writes to global memory (other blocks' epilogues), visible to TMA reads and back.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// The threads that issue TMA copies: kProducer a GEMM phase's own copies, kPrefetcher the weights
+// issued before a grid barrier. Neither is thread 0, which runs the barrier. They differ because a
+// proxy fence waits for the executing thread's copies in flight: the producer's fence in front of
+// its x copies must not wait for the prefetched weights.
+constexpr int kProducer = 32;
+constexpr int kPrefetcher = 64;
+
+// The block's pipeline: stage i's full barrier, and the number of chunks it has consumed so far
+// (chunk number g uses stage g % kStages in phase g / kStages).
+struct Pipe {
+  bf16* smem;
+  uint64_t* full;
+  int g;
+};
+
+// Issues chunk c of unit u (the block's chunk number g): `what` 1 = weights only (before a grid
+// barrier: expected bytes, no arrival), 2 = x only (after them), 3 = both.
+template <int BN>
+__device__ __forceinline__ void issue(const Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx, const Unit& u, int c,
+                                      int g, int what) {
+  const int slot = g % kStages;
+  bf16* st = pp.smem + slot * kStageElems;
+  uint64_t* bar = pp.full + slot;
+  const int k0 = (u.c0 + c) * kBK;
+  const uint32_t bytes = ((what & 1) ? BN * kBK * 2 : 0) + ((what & 2) ? 64 * kBK * 2 : 0);
+  if (what & 2)
+    mbar_arrive_expect(bar, bytes);
+  else
+    mbar_expect(bar, bytes);
+  if (what & 1) {
+    tma_load(st, tw, k0, u.ra, bar);
+    tma_load(st + (BN / 2) * kBK, tw, k0, u.rb, bar);
+  }
+  if (what & 2) tma_load(st + kWRows * kBK, tx, k0, 0, bar);
+}
+
+// The weights of a unit's first stages, before the grid barrier in front of its phase.
+template <int BN>
+__device__ __forceinline__ void prefetch_w(const Pipe& pp, const CUtensorMap* tw, const Unit& u) {
+  if (threadIdx.x != kPrefetcher) return;
+  const int nch = u.c1 - u.c0;
+  for (int c = 0; c < kStages && c < nch; ++c) issue<BN>(pp, tw, nullptr, u, c, pp.g + c, 1);
+}
+
+// acc (BN / 4 floats a thread) = x[0:64, k range] . w[unit rows, k range]^T; warpgroup wg holds
+// columns [wg * BN / 2, (wg + 1) * BN / 2) of the unit (wgmma.cuh gives the fragment layout). The
+// wgmma of chunk c runs while the block waits for chunk c + 1 and refills chunk c - 1's stage.
+template <int BN>
+__device__ void gemm_unit(Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx, const Unit& u, bool prefetched,
+                          float* acc) {
+  constexpr int HN = BN / 2;
+  const int wg = threadIdx.x >> 7;
+  const int nch = u.c1 - u.c0;
+  if (threadIdx.x == kProducer) {
+    fence_proxy_async_global();  // the previous phase's generic stores (other blocks'), before TMA reads
+    for (int c = 0; c < kStages && c < nch; ++c) issue<BN>(pp, tw, tx, u, c, pp.g + c, prefetched ? 2 : 3);
+  }
+#pragma unroll
+  for (int i = 0; i < HN / 2; ++i) acc[i] = 0.f;
+#pragma unroll 1
+  for (int c = 0; c < nch; ++c) {
+    const int g = pp.g + c, slot = g % kStages;
+    mbar_wait(pp.full + slot, (g / kStages) & 1);
+    const bf16* ws = pp.smem + slot * kStageElems;
+    const bf16* xs = ws + kWRows * kBK;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      wgmma_bf16<HN>(acc, wgmma_desc(xs + ks * 16), wgmma_desc(ws + wg * HN * kBK + ks * 16), 1);
+    wgmma_commit();
+    wgmma_wait<1>();  // chunk c - 1's math is done (this warpgroup)
+    __syncthreads();  // ... and the other's: its stage can be refilled
+    if (threadIdx.x == kProducer && c >= 1 && c - 1 + kStages < nch)
+      issue<BN>(pp, tw, tx, u, c - 1 + kStages, g - 1 + kStages, 3);
+  }
+  wgmma_wait<0>();
+  __syncthreads();  // every stage free again
+  pp.g += nch;
+}
+
+// Grid barrier over all blocks (all resident) on one 64-bit counter that only grows: every block
+// adds 1 (release) and waits until the counter reaches its next multiple of the grid size (acquire):
+// one round trip to L2 each way, no last-arriver hop and no reset. Every launch arrives exactly
+// kBarriers times a block, so a launch's base is the counter at its start rounded down to a
+// multiple of kBarriers * grid (no block of this launch can have passed its first barrier yet).
+constexpr int kBarriers = 5;
+
+__device__ __forceinline__ unsigned long long barrier_base(const unsigned long long* ctr) {
+  unsigned long long v;
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];\n" : "=l"(v) : "l"(ctr) : "memory");
+  const unsigned long long per_launch = (unsigned long long)kBarriers * gridDim.x;
+  return v - v % per_launch;
+}
+
+// Arrives, and waits for every block unless `wait` is false (a launch's last arrival).
+__device__ __forceinline__ void grid_barrier(unsigned long long* ctr, unsigned long long& target, bool wait = true) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    target += gridDim.x;
+    __threadfence();
+    asm volatile("red.release.gpu.global.add.u64 [%0], 1;\n" ::"l"(ctr) : "memory");
+    if (wait) {
+      unsigned long long now;
+      do {
+        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];\n" : "=l"(now) : "l"(ctr) : "memory");
+      } while (now < target);
+    }
+  }
+  __syncthreads();
+}
+
+// kernel_bench's phase timeline: block b's globaltimer at point k.
+__device__ __forceinline__ void stamp(unsigned long long* timing, int k) {
+  if (timing && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    timing[blockIdx.x * kTailStamps + k] = t;
+  }
+}
+
+// VEC consecutive floats / bf16s.
+template <int VEC>
+__device__ __forceinline__ void ld_f32(const float* p, float* v) {
+  if constexpr (VEC % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) {
+      const float4 u = __ldcg(reinterpret_cast<const float4*>(p) + q);
+      v[4 * q] = u.x, v[4 * q + 1] = u.y, v[4 * q + 2] = u.z, v[4 * q + 3] = u.w;
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) v[e] = __ldcg(p + e);
+  }
+}
+
+// h[m] = bf16(h[m] + sum_s partials[s][m]); xn[m] = bf16(h[m] * rsqrt(mean(h[m]^2) + eps) * (1 + w)),
+// the statistics from the bf16 h (as rms_norm reads it). A block a row, VEC = D / 256 columns a
+// thread; every load of a row is issued before the first is used.
+template <int VEC>
+__device__ void row_phase(const float* partials, int splits, bf16* h, const void* w, int w_bf16, bf16* xn, int M,
+                          int D, float eps) {
+  const int c = threadIdx.x * VEC;
+  const int64_t split_stride = (int64_t)M * D;
+#pragma unroll 1
+  for (int m = blockIdx.x; m < M; m += gridDim.x) {
+    const int64_t off = (int64_t)m * D + c;
+    float part[kMaxBlockTailSplits][VEC];
+#pragma unroll
+    for (int sp = 0; sp < kMaxBlockTailSplits; ++sp)
+      if (sp < splits) ld_f32<VEC>(partials + sp * split_stride + off, part[sp]);
+    bf16 hv[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) hv[e] = h[off + e];
+    float v[VEC], ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      float a = 0.f;
+#pragma unroll
+      for (int sp = 0; sp < kMaxBlockTailSplits; ++sp)
+        if (sp < splits) a += part[sp][e];
+      hv[e] = __float2bfloat16(a + __bfloat162float(hv[e]));
+      h[off + e] = hv[e];
+      v[e] = __bfloat162float(hv[e]);
+      ss += v[e] * v[e];
+    }
+    const float r = rsqrtf(block_sum(ss) / (float)D + eps);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) xn[off + e] = __float2bfloat16(v[e] * r * (1.f + ld_norm_w(w, w_bf16, c + e)));
+  }
+}
+
+__device__ void row_phase_any(const float* partials, int splits, bf16* h, const void* w, int w_bf16, bf16* xn, int M,
+                              int D, float eps) {
+  switch (D / kThreads) {
+    case 1: row_phase<1>(partials, splits, h, w, w_bf16, xn, M, D, eps); break;
+    case 2: row_phase<2>(partials, splits, h, w, w_bf16, xn, M, D, eps); break;
+    case 4: row_phase<4>(partials, splits, h, w, w_bf16, xn, M, D, eps); break;
+    default: row_phase<8>(partials, splits, h, w, w_bf16, xn, M, D, eps); break;
+  }
+}
+#endif
+
+}  // namespace
+
+__global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_constant__ TailArgs args) {
+  const BlockTailParams& p = args.b;
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma needs sm_90a; the host uses this kernel only there
+#else
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  bf16* smem = reinterpret_cast<bf16*>(base);
+  float* scratch = reinterpret_cast<float*>(base + (size_t)kStages * kStageElems * 2);
+  uint64_t* full = reinterpret_cast<uint64_t*>(scratch + kScratchFloats);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wt = tid & 127;
+  const int bid = blockIdx.x, grid = gridDim.x;
+  const int M = p.M, D = p.D, F = p.F;
+  const CUtensorMap* mp = args.map;
+  const bool has_qkv = p.wqkv != nullptr;
+  bf16* h = static_cast<bf16*>(p.h);
+  bf16* xn = static_cast<bf16*>(p.xn);
+  bf16* mlp = static_cast<bf16*>(p.mlp);
+
+  unsigned long long* timing = p.timing;
+  stamp(timing, 0);
+  unsigned long long target = 0;
+  if (tid == 0) target = barrier_base(p.barrier);
+  if (tid == 0) {
+    for (int i = 0; i < kStages; ++i) mbar_init(full + i, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  Pipe pp{smem, full, 0};
+
+  // Thread (warp w of warpgroup wg, lane 4g + t): acc[4j + e] = D[16 (w % 4) + g + 8 (e / 2)][8j + 2t + e % 2]
+  // of its warpgroup's columns.
+  const int g = lane >> 2, t = lane & 3, row0 = (warp & 3) * 16 + g;
+  float acc[16];
+
+  const int tiles_d = D / 32;
+  const int ko_ch = p.Ko / kBK, f_ch = F / kBK, d_ch = D / kBK;
+  const int units_o = tiles_d * p.splits_o, units_gu = F / 32, units_d = tiles_d * p.splits_d;
+  const int half = p.head_dim / 2, per_head = half / 16;
+  const int slots = p.heads + 2 * p.kv_heads, units_qkv = has_qkv ? slots * per_head : 0;
+  auto unit_split = [&](int u, int nch, int splits) {  // column tile u % tiles_d, k split u / tiles_d
+    const int tile = u % tiles_d, sp = u / tiles_d;
+    return Unit{tile * 32, tile * 32 + 16, sp * nch / splits, (sp + 1) * nch / splits};
+  };
+  auto unit_gu = [&](int u) { return Unit{u * 32, F + u * 32, 0, d_ch}; };
+  auto unit_qkv = [&](int u) {
+    const int a = (u / per_head) * p.head_dim + (u % per_head) * 16;
+    return Unit{a, a + half, 0, d_ch};
+  };
+  // Partial sums of a 32-column unit to partials[split][m][n].
+  auto store_partials = [&](int u) {
+    const int tile = u % tiles_d, sp = u / tiles_d;
+    float* dst = p.partials + (int64_t)sp * M * D + tile * 32 + wg * 16 + 2 * t;
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int m = row0 + 8 * hh;
+        if (m < M)
+          *reinterpret_cast<float2*>(dst + (int64_t)m * D + j * 8) = make_float2(acc[4 * j + 2 * hh], acc[4 * j + 2 * hh + 1]);
+      }
+  };
+  // Warpgroup 1 hands its n accumulators to the same thread of warpgroup 0 (conflict-free layout).
+  auto exchange = [&](int n) {
+    if (wg == 1)
+      for (int i = 0; i < n; ++i) scratch[i * 128 + wt] = acc[i];
+    __syncthreads();
+  };
+
+  // ---- G1: attn . wo^T -> partials ----
+#pragma unroll 1
+  for (int u = bid; u < units_o; u += grid) {
+    gemm_unit<32>(pp, mp + kWo, mp + kAttn, unit_split(u, ko_ch, p.splits_o), false, acc);
+    store_partials(u);
+  }
+  const bool pre = p.prefetch != 0;
+  if (pre && bid < units_gu) prefetch_w<64>(pp, mp + kWgu, unit_gu(bid));
+  stamp(timing, 1);
+  grid_barrier(p.barrier, target);
+  stamp(timing, 2);
+  // ---- R1 ----
+  row_phase_any(p.partials, p.splits_o, h, p.ffn_norm, p.ffn_norm_bf16, xn, M, D, p.eps);
+  stamp(timing, 3);
+  grid_barrier(p.barrier, target);
+  stamp(timing, 4);
+  // ---- G2: xn . [wg | wu]^T -> GeGLU -> mlp ----
+#pragma unroll 1
+  for (int u = bid; u < units_gu; u += grid) {
+    gemm_unit<64>(pp, mp + kWgu, mp + kXn, unit_gu(u), pre && u == bid, acc);
+    exchange(16);
+    if (wg == 0) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int m = row0 + 8 * hh, i = 4 * j + 2 * hh;
+          if (m >= M) continue;
+          float o[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float gt = __bfloat162float(__float2bfloat16(acc[i + e]));
+            const float up = __bfloat162float(__float2bfloat16(scratch[(i + e) * 128 + wt]));
+            o[e] = gelu_tanh(gt) * up;
+          }
+          *reinterpret_cast<uint32_t*>(mlp + (int64_t)m * F + u * 32 + j * 8 + 2 * t) = pack_bf16x2(o[0], o[1]);
+        }
+    }
+    __syncthreads();  // scratch is read before the next unit overwrites it
+  }
+  if (pre && bid < units_d) prefetch_w<32>(pp, mp + kWd, unit_split(bid, f_ch, p.splits_d));
+  stamp(timing, 5);
+  grid_barrier(p.barrier, target);
+  stamp(timing, 6);
+  // ---- G3: mlp . wd^T -> partials ----
+#pragma unroll 1
+  for (int u = bid; u < units_d; u += grid) {
+    gemm_unit<32>(pp, mp + kWd, mp + kMlp, unit_split(u, f_ch, p.splits_d), pre && u == bid, acc);
+    store_partials(u);
+  }
+  if (pre && bid < units_qkv) prefetch_w<32>(pp, mp + kWqkv, unit_qkv(bid));
+  stamp(timing, 7);
+  grid_barrier(p.barrier, target);
+  stamp(timing, 8);
+  // ---- R2 ----
+  row_phase_any(p.partials, p.splits_d, h, p.next_norm, p.next_norm_bf16, xn, M, D, p.eps);
+  stamp(timing, 9);
+  grid_barrier(p.barrier, target, has_qkv);  // (kBarriers arrivals a launch either way)
+  stamp(timing, 10);
+  if (!has_qkv) return;
+  // ---- G4: xn . wqkv^T -> RoPE -> q, k, v ----
+#pragma unroll 1
+  for (int u = bid; u < units_qkv; u += grid) {
+    gemm_unit<32>(pp, mp + kWqkv, mp + kXn, unit_qkv(u), pre && u == bid, acc);
+    exchange(8);
+    if (wg == 0) {
+      const int slot = u / per_head, i0 = (u % per_head) * 16;
+      const bool rot = slot < p.heads + p.kv_heads;
+      bf16* dst;
+      int64_t stride;
+      if (slot < p.heads) {
+        dst = static_cast<bf16*>(p.q) + (int64_t)slot * p.head_dim, stride = (int64_t)p.heads * p.head_dim;
+      } else if (rot) {
+        dst = static_cast<bf16*>(p.k) + (int64_t)(slot - p.heads) * p.head_dim, stride = (int64_t)p.kv_heads * p.head_dim;
+      } else {
+        dst = static_cast<bf16*>(p.v) + (int64_t)(slot - p.heads - p.kv_heads) * p.head_dim, stride = (int64_t)p.kv_heads * p.head_dim;
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int m = row0 + 8 * hh, k = 4 * j + 2 * hh;
+          if (m >= M) continue;
+          const int i = i0 + j * 8 + 2 * t;  // pair index of element e = 0
+          float y1[2], y2[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float x1 = __bfloat162float(__float2bfloat16(acc[k + e]));
+            const float x2 = __bfloat162float(__float2bfloat16(scratch[(k + e) * 128 + wt]));
+            if (rot) {
+              float sn, cs;
+              rope_sincos(p.positions[m], i + e, p.head_dim, &sn, &cs);
+              y1[e] = x1 * cs - x2 * sn;
+              y2[e] = x2 * cs + x1 * sn;
+            } else {
+              y1[e] = x1, y2[e] = x2;
+            }
+          }
+          bf16* row = dst + (int64_t)m * stride;
+          *reinterpret_cast<uint32_t*>(row + i) = pack_bf16x2(y1[0], y1[1]);
+          *reinterpret_cast<uint32_t*>(row + i + half) = pack_bf16x2(y2[0], y2[1]);
+        }
+    }
+    __syncthreads();
+  }
+  stamp(timing, 11);
+#endif
+}
+
+bool block_tail_supported(int M, int D, int F, int Ko, int heads, int kv_heads, int head_dim) {
+  const int vec = D / kThreads;
+  return M >= 1 && M <= 64 && D % kThreads == 0 && (vec == 1 || vec == 2 || vec == 4 || vec == 8) && D % 64 == 0 && F % 64 == 0 &&
+         Ko % 64 == 0 && heads >= 0 && kv_heads >= 0 && (head_dim == 0 || head_dim % 32 == 0);
+}
+
+namespace {
+
+// A bf16 row-major [rows, k] matrix as a TMA map of [box_rows, 64] boxes (128-byte swizzle).
+CUtensorMap make_map(const void* ptr, int64_t rows, int64_t k, int box_rows) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
+    PIRT_CHECK(fn && q == cudaDriverEntryPointSuccess, "block tail: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {(cuuint64_t)k, (cuuint64_t)rows};
+  const cuuint64_t strides[1] = {(cuuint64_t)k * 2};
+  const cuuint32_t box[2] = {(cuuint32_t)kBK, (cuuint32_t)box_rows};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(ptr), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  PIRT_CHECK(r == CUDA_SUCCESS, "block tail: cuTensorMapEncodeTiled failed (%d) for a %lld x %lld matrix", (int)r,
+             (long long)rows, (long long)k);
+  return m;
+}
+
+}  // namespace
+
+void block_tail(BlockTailParams p, int num_sms, cudaStream_t s) {
+  const int tiles_d = p.D / 32;
+  // k splits of the two 32-column-tiled projections: enough units to give every SM one.
+  auto splits_for = [&](int k) { return std::clamp(num_sms / tiles_d, 1, std::min(kMaxBlockTailSplits, k / kBK)); };
+  p.splits_o = splits_for(p.Ko);
+  p.splits_d = splits_for(p.F);
+  static bool attr_set = false;
+  if (!attr_set) {
+    CUDA_CHECK(cudaFuncSetAttribute(block_tail_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
+    attr_set = true;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(num_sms);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  TailArgs a;
+  a.b = p;
+  a.map[kAttn] = make_map(p.attn, p.M, p.Ko, 64);
+  a.map[kWo] = make_map(p.wo, p.D, p.Ko, 16);
+  a.map[kXn] = make_map(p.xn, p.M, p.D, 64);
+  a.map[kWgu] = make_map(p.wgu, 2 * (int64_t)p.F, p.D, 32);
+  a.map[kMlp] = make_map(p.mlp, p.M, p.F, 64);
+  a.map[kWd] = make_map(p.wd, p.D, p.F, 16);
+  a.map[kWqkv] = p.wqkv ? make_map(p.wqkv, (int64_t)(p.heads + 2 * p.kv_heads) * p.head_dim, p.D, 16) : a.map[kWd];
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, block_tail_kernel, a));
+}
+
+}  // namespace pirt::cuda
