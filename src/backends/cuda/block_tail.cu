@@ -25,6 +25,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.h"
@@ -57,10 +58,6 @@ struct TailArgs {
 };
 
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ float ld_norm_w(const void* w, int is_bf16, int i) {
-  return is_bf16 ? __bfloat162float(static_cast<const bf16*>(w)[i]) : static_cast<const float*>(w)[i];
-}
-
 __device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(b)), "r"(count) : "memory");
 }
@@ -88,10 +85,6 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* m, int k,
 // Generic-proxy writes to global memory (other blocks' epilogues), visible to TMA reads and back.
 __device__ __forceinline__ void fence_proxy_async_global() {
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
 // The threads that issue TMA copies: kProducer a GEMM phase's own copies, kPrefetcher the weights
@@ -169,7 +162,7 @@ __device__ void gemm_unit(Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx
     if (threadIdx.x == kProducer && c >= 1 && c - 1 + kStages < nch)
       issue<BN>(pp, tw, tx, u, c - 1 + kStages, g - 1 + kStages, 3);
   }
-  wgmma_wait<0>();
+  wgmma_wait_all();
   __syncthreads();  // every stage free again
   pp.g += nch;
 }
@@ -214,64 +207,25 @@ __device__ __forceinline__ void stamp(unsigned long long* timing, int k) {
   }
 }
 
-// VEC consecutive floats / bf16s.
+// A row phase: rows across the grid, a block a row (common.cuh residual_rms_norm_row), VEC = D / 256.
 template <int VEC>
-__device__ __forceinline__ void ld_f32(const float* p, float* v) {
-  if constexpr (VEC % 4 == 0) {
-#pragma unroll
-    for (int q = 0; q < VEC / 4; ++q) {
-      const float4 u = __ldcg(reinterpret_cast<const float4*>(p) + q);
-      v[4 * q] = u.x, v[4 * q + 1] = u.y, v[4 * q + 2] = u.z, v[4 * q + 3] = u.w;
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) v[e] = __ldcg(p + e);
-  }
-}
-
-// h[m] = bf16(h[m] + sum_s partials[s][m]); xn[m] = bf16(h[m] * rsqrt(mean(h[m]^2) + eps) * (1 + w)),
-// the statistics from the bf16 h (as rms_norm reads it). A block a row, VEC = D / 256 columns a
-// thread; every load of a row is issued before the first is used.
-template <int VEC>
-__device__ void row_phase(const float* partials, int splits, bf16* h, const void* w, int w_bf16, bf16* xn, int M,
-                          int D, float eps) {
-  const int c = threadIdx.x * VEC;
-  const int64_t split_stride = (int64_t)M * D;
+__device__ void row_phase(const float* partials, int splits, bf16* h, const float* w, bf16* xn, int M, int D,
+                          float eps) {
 #pragma unroll 1
-  for (int m = blockIdx.x; m < M; m += gridDim.x) {
-    const int64_t off = (int64_t)m * D + c;
-    float part[kMaxBlockTailSplits][VEC];
-#pragma unroll
-    for (int sp = 0; sp < kMaxBlockTailSplits; ++sp)
-      if (sp < splits) ld_f32<VEC>(partials + sp * split_stride + off, part[sp]);
-    bf16 hv[VEC];
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) hv[e] = h[off + e];
-    float v[VEC], ss = 0.f;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      float a = 0.f;
-#pragma unroll
-      for (int sp = 0; sp < kMaxBlockTailSplits; ++sp)
-        if (sp < splits) a += part[sp][e];
-      hv[e] = __float2bfloat16(a + __bfloat162float(hv[e]));
-      h[off + e] = hv[e];
-      v[e] = __bfloat162float(hv[e]);
-      ss += v[e] * v[e];
-    }
-    const float r = rsqrtf(block_sum(ss) / (float)D + eps);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) xn[off + e] = __float2bfloat16(v[e] * r * (1.f + ld_norm_w(w, w_bf16, c + e)));
-  }
+  for (int m = blockIdx.x; m < M; m += gridDim.x)
+    residual_rms_norm_row<VEC, kMaxBlockTailSplits>(partials, splits, (int64_t)M * D, h, w, xn, m, D, eps);
 }
 
-__device__ void row_phase_any(const float* partials, int splits, bf16* h, const void* w, int w_bf16, bf16* xn, int M,
-                              int D, float eps) {
+// The norm weights are F32 (as the model loads them; the backend sends other dtypes to the
+// separate ops): one instantiation a VEC. A second copy of each for BF16 weights made the whole
+// kernel slower, every GEMM phase included (39.7 vs 36.2 us a layer on the H100: its code grew).
+__device__ void row_phase_any(const float* partials, int splits, bf16* h, const float* w, bf16* xn, int M, int D,
+                              float eps) {
   switch (D / kThreads) {
-    case 1: row_phase<1>(partials, splits, h, w, w_bf16, xn, M, D, eps); break;
-    case 2: row_phase<2>(partials, splits, h, w, w_bf16, xn, M, D, eps); break;
-    case 4: row_phase<4>(partials, splits, h, w, w_bf16, xn, M, D, eps); break;
-    default: row_phase<8>(partials, splits, h, w, w_bf16, xn, M, D, eps); break;
+    case 1: row_phase<1>(partials, splits, h, w, xn, M, D, eps); break;
+    case 2: row_phase<2>(partials, splits, h, w, xn, M, D, eps); break;
+    case 4: row_phase<4>(partials, splits, h, w, xn, M, D, eps); break;
+    default: row_phase<8>(partials, splits, h, w, xn, M, D, eps); break;
   }
 }
 #endif
@@ -300,8 +254,8 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   unsigned long long* timing = p.timing;
   stamp(timing, 0);
   unsigned long long target = 0;
-  if (tid == 0) target = barrier_base(p.barrier);
   if (tid == 0) {
+    target = barrier_base(p.barrier);
     for (int i = 0; i < kStages; ++i) mbar_init(full + i, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -340,11 +294,33 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
           *reinterpret_cast<float2*>(dst + (int64_t)m * D + j * 8) = make_float2(acc[4 * j + 2 * hh], acc[4 * j + 2 * hh + 1]);
       }
   };
-  // Warpgroup 1 hands its n accumulators to the same thread of warpgroup 0 (conflict-free layout).
-  auto exchange = [&](int n) {
+  // The paired epilogues (GeGLU, RoPE): warpgroup 1 hands its accumulators to the same thread of
+  // warpgroup 0 (conflict-free layout), which calls f(m, c, x, y) for each row m < M and pair of
+  // adjacent columns c, c + 1 of its HN: x its own sums, y warpgroup 1's, both rounded to bf16 as
+  // the separate GEMM stores them.
+  auto paired_epilogue = [&](auto hn, auto&& f) {
+    constexpr int HN = decltype(hn)::value;
     if (wg == 1)
-      for (int i = 0; i < n; ++i) scratch[i * 128 + wt] = acc[i];
+#pragma unroll
+      for (int i = 0; i < HN / 2; ++i) scratch[i * 128 + wt] = acc[i];
     __syncthreads();
+    if (wg == 0) {
+#pragma unroll
+      for (int j = 0; j < HN / 8; ++j)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int m = row0 + 8 * hh, i = 4 * j + 2 * hh;
+          if (m >= M) continue;
+          float x[2], y[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            x[e] = ld_rounded<bf16>(acc[i + e]);
+            y[e] = ld_rounded<bf16>(scratch[(i + e) * 128 + wt]);
+          }
+          f(m, 8 * j + 2 * t, x, y);
+        }
+    }
+    __syncthreads();  // scratch is read before the next unit overwrites it
   };
 
   // ---- G1: attn . wo^T -> partials ----
@@ -359,7 +335,7 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   grid_barrier(p.barrier, target);
   stamp(timing, 2);
   // ---- R1 ----
-  row_phase_any(p.partials, p.splits_o, h, p.ffn_norm, p.ffn_norm_bf16, xn, M, D, p.eps);
+  row_phase_any(p.partials, p.splits_o, h, p.ffn_norm, xn, M, D, p.eps);
   stamp(timing, 3);
   grid_barrier(p.barrier, target);
   stamp(timing, 4);
@@ -367,25 +343,10 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
 #pragma unroll 1
   for (int u = bid; u < units_gu; u += grid) {
     gemm_unit<64>(pp, mp + kWgu, mp + kXn, unit_gu(u), pre && u == bid, acc);
-    exchange(16);
-    if (wg == 0) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int m = row0 + 8 * hh, i = 4 * j + 2 * hh;
-          if (m >= M) continue;
-          float o[2];
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float gt = __bfloat162float(__float2bfloat16(acc[i + e]));
-            const float up = __bfloat162float(__float2bfloat16(scratch[(i + e) * 128 + wt]));
-            o[e] = gelu_tanh(gt) * up;
-          }
-          *reinterpret_cast<uint32_t*>(mlp + (int64_t)m * F + u * 32 + j * 8 + 2 * t) = pack_bf16x2(o[0], o[1]);
-        }
-    }
-    __syncthreads();  // scratch is read before the next unit overwrites it
+    paired_epilogue(std::integral_constant<int, 32>{}, [&](int m, int c, const float* gt, const float* up) {
+      *reinterpret_cast<uint32_t*>(mlp + (int64_t)m * F + u * 32 + c) =
+          pack_bf16x2(gelu_tanh(gt[0]) * up[0], gelu_tanh(gt[1]) * up[1]);
+    });
   }
   if (pre && bid < units_d) prefetch_w<32>(pp, mp + kWd, unit_split(bid, f_ch, p.splits_d));
   stamp(timing, 5);
@@ -402,7 +363,7 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   grid_barrier(p.barrier, target);
   stamp(timing, 8);
   // ---- R2 ----
-  row_phase_any(p.partials, p.splits_d, h, p.next_norm, p.next_norm_bf16, xn, M, D, p.eps);
+  row_phase_any(p.partials, p.splits_d, h, p.next_norm, xn, M, D, p.eps);
   stamp(timing, 9);
   grid_barrier(p.barrier, target, has_qkv);  // (kBarriers arrivals a launch either way)
   stamp(timing, 10);
@@ -411,46 +372,36 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
 #pragma unroll 1
   for (int u = bid; u < units_qkv; u += grid) {
     gemm_unit<32>(pp, mp + kWqkv, mp + kXn, unit_qkv(u), pre && u == bid, acc);
-    exchange(8);
-    if (wg == 0) {
-      const int slot = u / per_head, i0 = (u % per_head) * 16;
-      const bool rot = slot < p.heads + p.kv_heads;
-      bf16* dst;
-      int64_t stride;
-      if (slot < p.heads) {
-        dst = static_cast<bf16*>(p.q) + (int64_t)slot * p.head_dim, stride = (int64_t)p.heads * p.head_dim;
-      } else if (rot) {
-        dst = static_cast<bf16*>(p.k) + (int64_t)(slot - p.heads) * p.head_dim, stride = (int64_t)p.kv_heads * p.head_dim;
-      } else {
-        dst = static_cast<bf16*>(p.v) + (int64_t)(slot - p.heads - p.kv_heads) * p.head_dim, stride = (int64_t)p.kv_heads * p.head_dim;
-      }
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int m = row0 + 8 * hh, k = 4 * j + 2 * hh;
-          if (m >= M) continue;
-          const int i = i0 + j * 8 + 2 * t;  // pair index of element e = 0
-          float y1[2], y2[2];
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float x1 = __bfloat162float(__float2bfloat16(acc[k + e]));
-            const float x2 = __bfloat162float(__float2bfloat16(scratch[(k + e) * 128 + wt]));
-            if (rot) {
-              float sn, cs;
-              rope_sincos(p.positions[m], i + e, p.head_dim, &sn, &cs);
-              y1[e] = x1 * cs - x2 * sn;
-              y2[e] = x2 * cs + x1 * sn;
-            } else {
-              y1[e] = x1, y2[e] = x2;
-            }
-          }
-          bf16* row = dst + (int64_t)m * stride;
-          *reinterpret_cast<uint32_t*>(row + i) = pack_bf16x2(y1[0], y1[1]);
-          *reinterpret_cast<uint32_t*>(row + i + half) = pack_bf16x2(y2[0], y2[1]);
-        }
+    const int slot = u / per_head, i0 = (u % per_head) * 16;
+    const bool rot = slot < p.heads + p.kv_heads;
+    bf16* dst;
+    int64_t stride;
+    if (slot < p.heads) {
+      dst = static_cast<bf16*>(p.q) + (int64_t)slot * p.head_dim, stride = (int64_t)p.heads * p.head_dim;
+    } else if (rot) {
+      dst = static_cast<bf16*>(p.k) + (int64_t)(slot - p.heads) * p.head_dim, stride = (int64_t)p.kv_heads * p.head_dim;
+    } else {
+      dst = static_cast<bf16*>(p.v) + (int64_t)(slot - p.heads - p.kv_heads) * p.head_dim, stride = (int64_t)p.kv_heads * p.head_dim;
     }
-    __syncthreads();
+    // Pair index i of a head: x = element i, y = element i + half.
+    paired_epilogue(std::integral_constant<int, 16>{}, [&](int m, int c, const float* x1, const float* x2) {
+      const int i = i0 + c;
+      float y1[2], y2[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (rot) {
+          float sn, cs;
+          rope_sincos(p.positions[m], i + e, p.head_dim, &sn, &cs);
+          y1[e] = x1[e] * cs - x2[e] * sn;
+          y2[e] = x2[e] * cs + x1[e] * sn;
+        } else {
+          y1[e] = x1[e], y2[e] = x2[e];
+        }
+      }
+      bf16* row = dst + (int64_t)m * stride;
+      *reinterpret_cast<uint32_t*>(row + i) = pack_bf16x2(y1[0], y1[1]);
+      *reinterpret_cast<uint32_t*>(row + i + half) = pack_bf16x2(y2[0], y2[1]);
+    });
   }
   stamp(timing, 11);
 #endif

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "backends/cuda/cuda_check.h"
@@ -30,6 +31,15 @@ void dispatch_float(DType t, F&& f) {
     case DType::BF16: f(bf16{}); return;
     default: PIRT_CHECK(false, "CUDA backend: unsupported dtype %s", std::string(dtype_name(t)).c_str());
   }
+}
+
+// v as it reads back after a store to T (one rounding to bf16; none for float).
+template <class T>
+__device__ __forceinline__ float ld_rounded(float v) {
+  if constexpr (std::is_same_v<T, bf16>)
+    return __bfloat162float(__float2bfloat16(v));
+  else
+    return v;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -60,6 +70,81 @@ __device__ __forceinline__ float block_sum(float v) {
   }
   __syncthreads();
   return total;
+}
+
+// VEC consecutive bf16 as one load / store.
+template <int VEC>
+struct BfVec;
+template <>
+struct BfVec<8> {
+  using T = uint4;
+};
+template <>
+struct BfVec<4> {
+  using T = uint2;
+};
+template <>
+struct BfVec<2> {
+  using T = uint32_t;
+};
+template <>
+struct BfVec<1> {
+  using T = uint16_t;
+};
+
+// One row of the residual + RMSNorm after a k-split GEMM (small_gemm_partials' consumer kernel, the
+// block tail's row phases): h = bf16(h + sum_s partials[s]) (splits added in order, then the
+// residual), xn = rms_norm(h) * (1 + w) as rms_norm_kernel computes it from the bf16 h. The block's
+// threads take VEC consecutive columns each: dim = VEC * blockDim.x; splits <= MAX_SPLITS. Every
+// split's loads are issued before the first add (a loop over a run-time count issued them one by one),
+// through L2 (__ldcg): in the block tail other blocks of the same launch wrote them.
+template <int VEC, int MAX_SPLITS, class TW>
+__device__ __forceinline__ void residual_rms_norm_row(const float* partials, int splits, int64_t split_stride,
+                                                      bf16* h, const TW* w, bf16* xn, int64_t row, int dim,
+                                                      float eps) {
+  using V = typename BfVec<VEC>::T;
+  const int c = threadIdx.x * VEC;
+  const int64_t off = row * dim + c;
+  float part[MAX_SPLITS][VEC];
+#pragma unroll
+  for (int sp = 0; sp < MAX_SPLITS; ++sp) {
+    if (sp >= splits) continue;  // (a break kept the loop rolled: part[] went to local memory)
+    const float* src = partials + sp * split_stride + off;
+    if constexpr (VEC % 4 == 0) {
+#pragma unroll
+      for (int q = 0; q < VEC / 4; ++q) {
+        const float4 u = __ldcg(reinterpret_cast<const float4*>(src) + q);
+        part[sp][4 * q] = u.x, part[sp][4 * q + 1] = u.y, part[sp][4 * q + 2] = u.z, part[sp][4 * q + 3] = u.w;
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) part[sp][e] = __ldcg(src + e);
+    }
+  }
+  float acc[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    acc[e] = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < MAX_SPLITS; ++sp)
+      if (sp < splits) acc[e] += part[sp][e];
+  }
+  V hv = *reinterpret_cast<const V*>(h + off);
+  bf16* he = reinterpret_cast<bf16*>(&hv);
+  float v[VEC], ss = 0.f;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    he[e] = __float2bfloat16(acc[e] + __bfloat162float(he[e]));
+    v[e] = __bfloat162float(he[e]);
+    ss += v[e] * v[e];
+  }
+  *reinterpret_cast<V*>(h + off) = hv;
+  const float r = rsqrtf(block_sum(ss) / (float)dim + eps);
+  V ov;
+  bf16* oe = reinterpret_cast<bf16*>(&ov);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) oe[e] = __float2bfloat16(v[e] * r * (1.f + ld(&w[c + e])));
+  *reinterpret_cast<V*>(xn + off) = ov;
 }
 
 // gelu with the tanh approximation, in fp32 (jax.nn.gelu(approximate=True), gelu_pytorch_tanh).

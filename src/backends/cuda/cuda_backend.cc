@@ -420,9 +420,9 @@ class CudaBackend final : public Backend {
     p.Ko = static_cast<int>(b.wo.dim(1));
     p.eps = b.eps;
     p.attn = b.attn.data, p.wo = b.wo.data, p.h = b.h.data;
-    p.ffn_norm = b.ffn_norm.data, p.ffn_norm_bf16 = b.ffn_norm.dtype == DType::BF16;
+    p.ffn_norm = b.ffn_norm.ptr<float>();
     p.wgu = b.w_gate_up.data, p.wd = b.w_down.data;
-    p.next_norm = b.next_norm.data, p.next_norm_bf16 = b.next_norm.dtype == DType::BF16;
+    p.next_norm = b.next_norm.ptr<float>();
     p.xn = b.xn.data, p.mlp = b.mlp.data;
     if (!b.next_qkv.empty()) {
       p.heads = b.heads, p.kv_heads = b.kv_heads, p.head_dim = b.head_dim;
@@ -442,7 +442,8 @@ class CudaBackend final : public Backend {
       return false;
     const int64_t M = b.h.dim(0), D = b.h.dim(1), F = b.w_down.dim(1), Ko = b.wo.dim(1);
     auto bf = [](const Tensor& t) { return t.dtype == DType::BF16 && aligned16(t.data); };
-    auto normw = [&](const Tensor& t) { return (t.dtype == DType::BF16 || t.dtype == DType::F32) && t.numel() == D; };
+    // F32 norm weights, as the model loads them (the kernel has no second copy for BF16: see block_tail.cu).
+    auto normw = [&](const Tensor& t) { return t.dtype == DType::F32 && t.numel() == D; };
     bool ok = D <= kTailMaxWidth && M <= 64 && bf(b.attn) && bf(b.wo) && bf(b.h) && bf(b.w_gate_up) &&
               bf(b.w_down) && bf(b.xn) && bf(b.mlp) && normw(b.ffn_norm) && normw(b.next_norm) &&
               b.attn.numel() == M * Ko && b.wo.dim(0) == D && b.w_gate_up.dim(0) == 2 * F &&

@@ -12,15 +12,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// v as it reads back after a store to T (one rounding to bf16; none for float).
-template <class T>
-__device__ __forceinline__ float ld_rounded(float v) {
-  if constexpr (std::is_same_v<T, bf16>)
-    return __bfloat162float(__float2bfloat16(v));
-  else
-    return v;
-}
-
 // ---- convert ----
 template <class TI, class TO>
 __global__ void convert_kernel(const TI* __restrict__ x, TO* __restrict__ y, int64_t n) {
@@ -52,17 +43,6 @@ __global__ void rms_norm_kernel(const TX* __restrict__ x, const TW* __restrict__
 // Same arithmetic as the generic kernels above (fp32, one rounding to bf16), summed in another order.
 // The action steps run 36 RMSNorms (pi0.5: adaRMSNorms) over 51 rows a step, SigLIP 55 LayerNorms.
 enum class RowNorm { Rms, AdaRms, Layer };
-
-template <int VEC>
-struct BfVec;
-template <>
-struct BfVec<8> {
-  using T = uint4;
-};
-template <>
-struct BfVec<4> {
-  using T = uint2;
-};
 
 // kind Rms: w = weight [dim]; AdaRms: w = mod row (scale | shift) at mod + row * mod_stride;
 // Layer: w = weight, b = bias.
@@ -108,46 +88,16 @@ __global__ void row_norm_bf16_kernel(const bf16* __restrict__ x, const TW* __res
   *reinterpret_cast<V*>(out + row * dim + c) = ov;
 }
 
-// The fused output projection + residual + RMSNorm (small_gemm_partials' consumer):
-// h = bf16(h + sum_s partials[s]) (splits added in order, then the residual), xn = rms_norm(h) as
-// rms_norm_kernel computes it from the bf16 h. dim = VEC * blockDim.x.
+// The fused output projection + residual + RMSNorm (small_gemm_partials' consumer): one block a row
+// (common.cuh residual_rms_norm_row), up to small_gemm_partials' 16 splits.
+constexpr int kMaxRowSplits = 16;
 template <int VEC, class TW>
 __global__ void residual_rms_norm_partials_kernel(const float* __restrict__ partials, int splits, int64_t split_stride,
                                                   bf16* __restrict__ h, const TW* __restrict__ w, bf16* __restrict__ xn,
                                                   int dim, float eps) {
-  using V = typename BfVec<VEC>::T;
   pdl_wait();
   pdl_trigger();
-  const int c = threadIdx.x * VEC;
-  const int64_t off = (int64_t)blockIdx.x * dim + c;
-  float acc[VEC];
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
-#pragma unroll 8
-  for (int sp = 0; sp < splits; ++sp) {  // unrolled: the loads of 8 splits in flight together
-    const float4* src = reinterpret_cast<const float4*>(partials + sp * split_stride + off);
-#pragma unroll
-    for (int q = 0; q < VEC / 4; ++q) {
-      const float4 u = src[q];
-      acc[4 * q] += u.x, acc[4 * q + 1] += u.y, acc[4 * q + 2] += u.z, acc[4 * q + 3] += u.w;
-    }
-  }
-  V hv = *reinterpret_cast<const V*>(h + off);
-  bf16* he = reinterpret_cast<bf16*>(&hv);
-  float v[VEC], ss = 0.f;
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) {
-    he[e] = __float2bfloat16(acc[e] + __bfloat162float(he[e]));
-    v[e] = __bfloat162float(he[e]);
-    ss += v[e] * v[e];
-  }
-  *reinterpret_cast<V*>(h + off) = hv;
-  const float r = rsqrtf(block_sum(ss) / (float)dim + eps);
-  V ov;
-  bf16* oe = reinterpret_cast<bf16*>(&ov);
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) oe[e] = __float2bfloat16(v[e] * r * (1.f + ld(&w[c + e])));
-  *reinterpret_cast<V*>(xn + off) = ov;
+  residual_rms_norm_row<VEC, kMaxRowSplits>(partials, splits, split_stride, h, w, xn, blockIdx.x, dim, eps);
 }
 
 template <class TX, class TM, class TO>
@@ -444,6 +394,7 @@ void rms_norm(const void* x, DType xt, const void* w, DType wt, void* out, DType
 void residual_rms_norm_partials(const float* partials, int splits, void* h, const void* w, DType wt, void* xn,
                                 int64_t rows, int64_t dim, float eps, cudaStream_t s) {
   PIRT_CHECK(dim % 128 == 0 && dim <= 4096, "residual_rms_norm_partials: dim %lld", (long long)dim);
+  PIRT_CHECK(splits >= 1 && splits <= kMaxRowSplits, "residual_rms_norm_partials: %d splits", splits);
   if (rows == 0) return;
   dispatch_float(wt, [&](auto bw) {
     using TW = decltype(bw);

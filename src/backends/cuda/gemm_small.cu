@@ -360,52 +360,22 @@ SmallGemmPlan small_gemm_plan_partials(int64_t m, int64_t n, int64_t k, int num_
   return best;
 }
 
-void small_gemm_partials(const SmallGemmPlan& plan, const void* x, const void* w, float* partials, int64_t m, int64_t n,
-                         int64_t k, cudaStream_t s) {
-  PIRT_CHECK(n % 8 == 0, "small_gemm_partials: n %lld", (long long)n);
+namespace {
+
+// The Params both entry points share; the rest is theirs to set.
+Params base_params(const void* x, const void* w, int64_t m, int64_t n, int64_t k) {
   Params p{};
   p.x = static_cast<const bf16*>(x);
   p.w = static_cast<const bf16*>(w);
-  p.partials = partials;
   p.M = static_cast<int>(m);
   p.N = static_cast<int>(n);
   p.K = static_cast<int>(k);
   p.nchunks = static_cast<int>((k + kBK - 1) / kBK);
   p.debug = small_gemm_debug;
-  SmallGemmPlan unclustered = plan;
-  unclustered.cluster = false;
-  switch (plan.bn) {
-    case 32:
-      launch_bn<32>(unclustered, p, s);
-      break;
-    case 64:
-      launch_bn<64>(unclustered, p, s);
-      break;
-    case 128:
-      launch_bn<128>(unclustered, p, s);
-      break;
-    default:
-      PIRT_CHECK(false, "small_gemm: bn %d", plan.bn);
-  }
+  return p;
 }
 
-void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const void* bias, DType bt, Epilogue ep,
-                const void* residual, DType rt, void* out, DType ot, int64_t m, int64_t n, int64_t k, cudaStream_t s) {
-  Params p{};
-  p.x = static_cast<const bf16*>(x);
-  p.w = static_cast<const bf16*>(w);
-  p.bias = bias;
-  p.residual = residual;
-  p.out = out;
-  p.M = static_cast<int>(m);
-  p.N = static_cast<int>(n);
-  p.K = static_cast<int>(k);
-  p.nchunks = static_cast<int>((k + kBK - 1) / kBK);
-  p.bias_bf16 = bt == DType::BF16;
-  p.res_bf16 = rt == DType::BF16;
-  p.out_bf16 = ot == DType::BF16;
-  p.gelu = ep == Epilogue::GeluTanh;
-  p.debug = small_gemm_debug;
+void launch_plan(const SmallGemmPlan& plan, const Params& p, cudaStream_t s) {
   switch (plan.bn) {
     case 32:
       launch_bn<32>(plan, p, s);
@@ -419,6 +389,31 @@ void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const v
     default:
       PIRT_CHECK(false, "small_gemm: bn %d", plan.bn);
   }
+}
+
+}  // namespace
+
+void small_gemm_partials(const SmallGemmPlan& plan, const void* x, const void* w, float* partials, int64_t m, int64_t n,
+                         int64_t k, cudaStream_t s) {
+  PIRT_CHECK(n % 8 == 0, "small_gemm_partials: n %lld", (long long)n);
+  Params p = base_params(x, w, m, n, k);
+  p.partials = partials;
+  SmallGemmPlan unclustered = plan;
+  unclustered.cluster = false;
+  launch_plan(unclustered, p, s);
+}
+
+void small_gemm(const SmallGemmPlan& plan, const void* x, const void* w, const void* bias, DType bt, Epilogue ep,
+                const void* residual, DType rt, void* out, DType ot, int64_t m, int64_t n, int64_t k, cudaStream_t s) {
+  Params p = base_params(x, w, m, n, k);
+  p.bias = bias;
+  p.residual = residual;
+  p.out = out;
+  p.bias_bf16 = bt == DType::BF16;
+  p.res_bf16 = rt == DType::BF16;
+  p.out_bf16 = ot == DType::BF16;
+  p.gelu = ep == Epilogue::GeluTanh;
+  launch_plan(plan, p, s);
 }
 
 }  // namespace pirt::cuda

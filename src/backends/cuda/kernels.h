@@ -92,7 +92,7 @@ void small_gemm_partials(const SmallGemmPlan& plan, const void* x, const void* w
 
 // ---- the action expert's block tail as one persistent kernel (block_tail.cu), sm_90a ----
 // Backend::gemma_block_tail (ops.h) for M <= 64 rows: bf16 activations and weights, row-major and
-// 16-byte aligned; norm weights F32 or BF16. partials: kMaxBlockTailSplits * M * D floats. One
+// 16-byte aligned; norm weights F32. partials: kMaxBlockTailSplits * M * D floats. One
 // block per SM (cooperative launch).
 constexpr int kMaxBlockTailSplits = 8;
 struct BlockTailParams {
@@ -104,12 +104,10 @@ struct BlockTailParams {
   const void* attn = nullptr;                  // [M, Ko]
   const void* wo = nullptr;                    // [D, Ko]
   void* h = nullptr;                           // [M, D], updated in place
-  const void* ffn_norm = nullptr;              // [D]
-  int ffn_norm_bf16 = 0;
+  const float* ffn_norm = nullptr;             // [D]
   const void* wgu = nullptr;                   // [2F, D] = [gate | up]
   const void* wd = nullptr;                    // [D, F]
-  const void* next_norm = nullptr;             // [D]
-  int next_norm_bf16 = 0;
+  const float* next_norm = nullptr;            // [D]
   void* xn = nullptr;                          // [M, D]
   void* mlp = nullptr;                         // [M, F] scratch
   const void* wqkv = nullptr;                  // [(heads + 2 kv_heads) head_dim, D] or null

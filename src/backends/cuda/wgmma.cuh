@@ -32,11 +32,14 @@ __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void wgmma_wait_all() {
+// Waits until at most N of this warpgroup's committed wgmma groups are still running.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
+__device__ __forceinline__ void wgmma_wait_all() { wgmma_wait<0>(); }
 // Makes shared-memory writes of the generic proxy (cp.async, st.shared) visible to wgmma's reads.
 __device__ __forceinline__ void fence_proxy_async_smem() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
