@@ -538,8 +538,13 @@ class CudaBackend final : public Backend {
     if (dt == DType::BF16) {
       uint16_t* o = reinterpret_cast<uint16_t*>(dst);
       if (src.dtype == DType::F32) {
-        const float* s = src.ptr<const float>() + i0;
-        for (int64_t i = 0; i < n; ++i) o[i] = f32_to_bf16(s[i]);
+        // A checkpoint's tensors need not be 4-byte aligned in the file: copy, do not dereference.
+        const uint8_t* s = static_cast<const uint8_t*>(src.data) + i0 * 4;
+        for (int64_t i = 0; i < n; ++i) {
+          float v;
+          std::memcpy(&v, s + 4 * i, 4);
+          o[i] = f32_to_bf16(v);
+        }
       } else {
         for (int64_t i = 0; i < n; ++i) o[i] = f32_to_bf16(load_f32(src, i0 + i));
       }
