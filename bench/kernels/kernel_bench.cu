@@ -458,7 +458,7 @@ void bench_copy(cudaStream_t s) {
 
 // --block-tail: the action expert's block tail kernel over 18 layers of pi0-sized weights (0.62 GB,
 // so they stream from HBM), then one layer's phase timeline (globaltimer stamps of every block).
-void bench_block_tail(cudaStream_t s, int sms, int prefetch) {
+void bench_block_tail(cudaStream_t s, int sms) {
   const int M = 51, D = 1024, F = 4096, Ko = 2048, H = 8, KV = 1, Dh = 256, L = 18;
   std::vector<BlockTailParams> ps(L);
   void* attn = dmalloc((size_t)M * Ko * 2);
@@ -472,9 +472,14 @@ void bench_block_tail(cudaStream_t s, int sms, int prefetch) {
   int32_t* pos = static_cast<int32_t*>(dmalloc(M * 4));
   float* partials = static_cast<float*>(dmalloc((size_t)kMaxBlockTailSplits * M * D * 4));
   auto* bar = static_cast<unsigned long long*>(dmalloc(256));
+  auto* rope = static_cast<float2*>(dmalloc((size_t)M * Dh / 2 * 8));
   auto* timing = static_cast<unsigned long long*>(dmalloc((size_t)sms * kTailStamps * 8));
   CUDA_CHECK(cudaMemset(norm, 0, D * 4));
-  CUDA_CHECK(cudaMemset(pos, 0, M * 4));
+  {  // the suffix's positions after an 816-token prefix
+    std::vector<int32_t> hp(M);
+    for (int m = 0; m < M; ++m) hp[m] = 816 + m;
+    CUDA_CHECK(cudaMemcpy(pos, hp.data(), M * 4, cudaMemcpyHostToDevice));
+  }
   CUDA_CHECK(cudaMemset(bar, 0, 256));
   fill(attn, (size_t)M * Ko, 1, 1.f);
   fill(h, (size_t)M * D, 2, 1.f);
@@ -482,8 +487,7 @@ void bench_block_tail(cudaStream_t s, int sms, int prefetch) {
     BlockTailParams& p = ps[l];
     p.M = M, p.D = D, p.F = F, p.Ko = Ko, p.heads = H, p.kv_heads = KV, p.head_dim = Dh;
     p.attn = attn, p.h = h, p.xn = xn, p.mlp = mlp, p.q = q, p.k = k, p.v = v, p.positions = pos;
-    p.ffn_norm = norm, p.next_norm = norm, p.partials = partials, p.barrier = bar;
-    p.prefetch = prefetch;
+    p.ffn_norm = norm, p.next_norm = norm, p.partials = partials, p.rope = rope, p.barrier = bar;
     void* wo = dmalloc((size_t)D * Ko * 2);
     void* wgu = dmalloc((size_t)2 * F * D * 2);
     void* wd = dmalloc((size_t)D * F * 2);
@@ -498,7 +502,7 @@ void bench_block_tail(cudaStream_t s, int sms, int prefetch) {
     for (int l = 0; l < L; ++l) block_tail(ps[l], sms, s);
   });
   const double mb = (2.0 * (D * Ko + 2.0 * F * D + D * F + (H + 2 * KV) * Dh * D)) / 1e6;
-  std::printf("prefetch %d: block tail (m %d, d %d, f %d, ko %d, qkv %d): %.2f us a layer (%.1f MB of weights: %.2f TB/s)\n", prefetch, M,
+  std::printf("block tail (m %d, d %d, f %d, ko %d, qkv %d): %.2f us a layer (%.1f MB of weights: %.2f TB/s)\n", M,
               D, F, Ko, (H + 2 * KV) * Dh, us, mb, mb / us);
   // Timeline of the last of 18 eager launches.
   for (int l = 0; l < L; ++l) {
@@ -544,8 +548,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--block-tail") == 0) {
-      bench_block_tail(s, prop.multiProcessorCount, 1);
-      bench_block_tail(s, prop.multiProcessorCount, 0);
+      bench_block_tail(s, prop.multiProcessorCount);
       return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--attention") == 0) {

@@ -798,7 +798,7 @@ TEST(CudaBackend, FusedSmallGemmMatchesCpu) {
 // result, so they are within twice that of each other (measured: rel L2 ~4.5e-3, worst 1.2x kChain).
 TEST(CudaBackend, BlockKernelMatchesSeparateOps) {
   CudaOptions f;
-  f.block_kernel = true;  // off by default in the engine
+  f.block_kernel = true;
   auto fused = cuda_backend(f);
   CudaOptions o;
   o.block_kernel = false;

@@ -28,7 +28,7 @@ EngineOptions engine_options(const Args& a) {
   o.own_small_gemm = !a.flag("--no-small-gemm");
   o.pdl = a.flag("--pdl");
   o.fused_small_gemm = a.flag("--fused-small-gemm");
-  o.block_kernel = a.flag("--block-kernel");
+  o.block_kernel = !a.flag("--no-block-kernel");
   o.tuning_file = a.str("--tuning");
   return o;
 }
@@ -43,12 +43,12 @@ const char* kEngineFlagsHelp =
     "                           the one before (off by default: a loss on the H100)\n"
     "  --fused-small-gemm       the action expert's QKV+RoPE and output/down+residual+RMSNorm through\n"
     "                           our small-M GEMM, split sums added in the row kernel (off: even)\n"
-    "  --block-kernel           pi0's action expert: everything after each attention through the next\n"
-    "                           layer's q, k, v as one persistent kernel (off: 4% slower on the H100)\n"
+    "  --no-block-kernel        pi0's action expert as separate kernels, not one persistent kernel for\n"
+    "                           everything after each attention through the next layer's q, k, v\n"
 
     "  --tuning FILE|none       GEMM algorithms per shape (pirt tune); default: bench/tuning/ for this GPU\n";
 const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm", "--pdl", "--fused-small-gemm",
-                                           "--block-kernel"};
+                                           "--no-block-kernel"};
 
 namespace {
 

@@ -37,10 +37,16 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kBK = 64;                                 // k a chunk
+#ifndef PIRT_BT_SPLIT_BN
+#define PIRT_BT_SPLIT_BN 64
+#endif
+// Columns a unit of the k-split projections (output, down) takes: 64 halves the x each unit reads
+// per weight byte against 32 (x is 64 rows of k a chunk, whatever the unit's width).
+constexpr int kSplitBN = PIRT_BT_SPLIT_BN;
 constexpr int kStages = 12;                             // pipeline depth (11 chunks prefetched)
 constexpr int kWRows = 64;                              // weight rows a stage holds (units of 32 or 64)
 constexpr int kStageElems = (kWRows + 64) * kBK;        // weight tile, then the 64-row x tile
-constexpr int kScratchFloats = 16 * 128;                // warpgroup 1's accumulators, for warpgroup 0
+constexpr int kScratchFloats = 16 * 128;                // the accumulators the warpgroups hand each other
 constexpr size_t kSmemBytes = (size_t)kStages * kStageElems * 2 + kScratchFloats * 4 + kStages * 8 + 1024;
 
 // A GEMM unit: weight rows [ra, ra + BN/2) (warpgroup 0's columns) and [rb, rb + BN/2) (warpgroup
@@ -82,17 +88,23 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* m, int k,
       "l"(m), "r"(k), "r"(row), "r"(smem_addr(b))
       : "memory");
 }
+// The same with an L2 cache policy (createpolicy): the weights are read once a step, so they go in
+// as evict-first and leave the activations, the KV cache and this kernel's code in L2.
+__device__ __forceinline__ void tma_load_hint(void* dst, const CUtensorMap* m, int k, int row, uint64_t* b,
+                                              uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(
+          smem_addr(dst)),
+      "l"(m), "r"(k), "r"(row), "r"(smem_addr(b)), "l"(policy)
+      : "memory");
+}
 // Generic-proxy writes to global memory (other blocks' epilogues), visible to TMA reads and back.
 __device__ __forceinline__ void fence_proxy_async_global() {
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
 }
 
-// The threads that issue TMA copies: kProducer a GEMM phase's own copies, kPrefetcher the weights
-// issued before a grid barrier. Neither is thread 0, which runs the barrier. They differ because a
-// proxy fence waits for the executing thread's copies in flight: the producer's fence in front of
-// its x copies must not wait for the prefetched weights.
+// The thread that issues the TMA copies (not thread 0, which runs the grid barrier).
 constexpr int kProducer = 32;
-constexpr int kPrefetcher = 64;
 
 // The block's pipeline: stage i's full barrier, and the number of chunks it has consumed so far
 // (chunk number g uses stage g % kStages in phase g / kStages).
@@ -100,52 +112,41 @@ struct Pipe {
   bf16* smem;
   uint64_t* full;
   int g;
+  uint64_t evict_first;  // L2 policy of the weight loads (createpolicy)
 };
 
-// Issues chunk c of unit u (the block's chunk number g): `what` 1 = weights only (before a grid
-// barrier: expected bytes, no arrival), 2 = x only (after them), 3 = both.
+// Issues chunk c of unit u (the block's chunk number g): its weight rows and the x tile.
 template <int BN>
 __device__ __forceinline__ void issue(const Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx, const Unit& u, int c,
-                                      int g, int what) {
+                                      int g) {
   const int slot = g % kStages;
   bf16* st = pp.smem + slot * kStageElems;
   uint64_t* bar = pp.full + slot;
   const int k0 = (u.c0 + c) * kBK;
-  const uint32_t bytes = ((what & 1) ? BN * kBK * 2 : 0) + ((what & 2) ? 64 * kBK * 2 : 0);
-  if (what & 2)
-    mbar_arrive_expect(bar, bytes);
-  else
-    mbar_expect(bar, bytes);
-  if (what & 1) {
-    tma_load(st, tw, k0, u.ra, bar);
-    tma_load(st + (BN / 2) * kBK, tw, k0, u.rb, bar);
-  }
-  if (what & 2) tma_load(st + kWRows * kBK, tx, k0, 0, bar);
-}
-
-// The weights of a unit's first stages, before the grid barrier in front of its phase.
-template <int BN>
-__device__ __forceinline__ void prefetch_w(const Pipe& pp, const CUtensorMap* tw, const Unit& u) {
-  if (threadIdx.x != kPrefetcher) return;
-  const int nch = u.c1 - u.c0;
-  for (int c = 0; c < kStages && c < nch; ++c) issue<BN>(pp, tw, nullptr, u, c, pp.g + c, 1);
+  mbar_arrive_expect(bar, (BN + 64) * kBK * 2);
+  tma_load_hint(st, tw, k0, u.ra, bar, pp.evict_first);
+  tma_load_hint(st + (BN / 2) * kBK, tw, k0, u.rb, bar, pp.evict_first);
+  tma_load(st + kWRows * kBK, tx, k0, 0, bar);
 }
 
 // acc (BN / 4 floats a thread) = x[0:64, k range] . w[unit rows, k range]^T; warpgroup wg holds
 // columns [wg * BN / 2, (wg + 1) * BN / 2) of the unit (wgmma.cuh gives the fragment layout). The
 // wgmma of chunk c runs while the block waits for chunk c + 1 and refills chunk c - 1's stage.
 template <int BN>
-__device__ void gemm_unit(Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx, const Unit& u, bool prefetched,
-                          float* acc) {
-  constexpr int HN = BN / 2;
+__device__ void gemm_unit(Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx, const Unit& u, float* acc) {
+  constexpr int HN = BN / 2, SETS = 4;
   const int wg = threadIdx.x >> 7;
   const int nch = u.c1 - u.c0;
   if (threadIdx.x == kProducer) {
     fence_proxy_async_global();  // the previous phase's generic stores (other blocks'), before TMA reads
-    for (int c = 0; c < kStages && c < nch; ++c) issue<BN>(pp, tw, tx, u, c, pp.g + c, prefetched ? 2 : 3);
+#pragma unroll 1  // (code size: every instruction fetched after a phase's weights went through L2 costs)
+    for (int c = 0; c < kStages && c < nch; ++c) issue<BN>(pp, tw, tx, u, c, pp.g + c);
   }
+  float part[SETS][HN / 2];
 #pragma unroll
-  for (int i = 0; i < HN / 2; ++i) acc[i] = 0.f;
+  for (int s2 = 0; s2 < SETS; ++s2)
+#pragma unroll
+    for (int i = 0; i < HN / 2; ++i) part[s2][i] = 0.f;
 #pragma unroll 1
   for (int c = 0; c < nch; ++c) {
     const int g = pp.g + c, slot = g % kStages;
@@ -155,14 +156,21 @@ __device__ void gemm_unit(Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
-      wgmma_bf16<HN>(acc, wgmma_desc(xs + ks * 16), wgmma_desc(ws + wg * HN * kBK + ks * 16), 1);
+      wgmma_bf16<HN>(part[ks % SETS], wgmma_desc(xs + ks * 16), wgmma_desc(ws + wg * HN * kBK + ks * 16), 1);
     wgmma_commit();
     wgmma_wait<1>();  // chunk c - 1's math is done (this warpgroup)
     __syncthreads();  // ... and the other's: its stage can be refilled
     if (threadIdx.x == kProducer && c >= 1 && c - 1 + kStages < nch)
-      issue<BN>(pp, tw, tx, u, c - 1 + kStages, g - 1 + kStages, 3);
+      issue<BN>(pp, tw, tx, u, c - 1 + kStages, g - 1 + kStages);
   }
   wgmma_wait_all();
+#pragma unroll
+  for (int i = 0; i < HN / 2; ++i) {
+    float v = part[0][i];
+#pragma unroll
+    for (int s2 = 1; s2 < SETS; ++s2) v += part[s2][i];
+    acc[i] = v;
+  }
   __syncthreads();  // every stage free again
   pp.g += nch;
 }
@@ -182,11 +190,13 @@ __device__ __forceinline__ unsigned long long barrier_base(const unsigned long l
 }
 
 // Arrives, and waits for every block unless `wait` is false (a launch's last arrival).
+// The block's writes are ordered before the release by __syncthreads (CTA scope) and the release's
+// cumulativity, as in CUTLASS's GenericBarrier; a full __threadfence() in front of it cost ~0.4 us a
+// barrier on the H100 (kernel_bench --block-tail, 39.7 -> 37.9 us a layer over five barriers).
 __device__ __forceinline__ void grid_barrier(unsigned long long* ctr, unsigned long long& target, bool wait = true) {
   __syncthreads();
   if (threadIdx.x == 0) {
     target += gridDim.x;
-    __threadfence();
     asm volatile("red.release.gpu.global.add.u64 [%0], 1;\n" ::"l"(ctr) : "memory");
     if (wait) {
       unsigned long long now;
@@ -219,7 +229,7 @@ __device__ void row_phase(const float* partials, int splits, bf16* h, const floa
 // The norm weights are F32 (as the model loads them; the backend sends other dtypes to the
 // separate ops): one instantiation a VEC. A second copy of each for BF16 weights made the whole
 // kernel slower, every GEMM phase included (39.7 vs 36.2 us a layer on the H100: its code grew).
-__device__ void row_phase_any(const float* partials, int splits, bf16* h, const float* w, bf16* xn, int M, int D,
+__device__ __noinline__ void row_phase_any(const float* partials, int splits, bf16* h, const float* w, bf16* xn, int M, int D,
                               float eps) {
   switch (D / kThreads) {
     case 1: row_phase<1>(partials, splits, h, w, xn, M, D, eps); break;
@@ -260,33 +270,36 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
-  Pipe pp{smem, full, 0};
+  uint64_t evict_first;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(evict_first));
+  Pipe pp{smem, full, 0, evict_first};
 
   // Thread (warp w of warpgroup wg, lane 4g + t): acc[4j + e] = D[16 (w % 4) + g + 8 (e / 2)][8j + 2t + e % 2]
   // of its warpgroup's columns.
   const int g = lane >> 2, t = lane & 3, row0 = (warp & 3) * 16 + g;
   float acc[16];
 
-  const int tiles_d = D / 32;
+  const int tiles_d = D / kSplitBN;
   const int ko_ch = p.Ko / kBK, f_ch = F / kBK, d_ch = D / kBK;
   const int units_o = tiles_d * p.splits_o, units_gu = F / 32, units_d = tiles_d * p.splits_d;
   const int half = p.head_dim / 2, per_head = half / 16;
   const int slots = p.heads + 2 * p.kv_heads, units_qkv = has_qkv ? slots * per_head : 0;
   auto unit_split = [&](int u, int nch, int splits) {  // column tile u % tiles_d, k split u / tiles_d
     const int tile = u % tiles_d, sp = u / tiles_d;
-    return Unit{tile * 32, tile * 32 + 16, sp * nch / splits, (sp + 1) * nch / splits};
+    const int c0 = sp * nch / splits, c1 = (sp + 1) * nch / splits;
+    return Unit{tile * kSplitBN, tile * kSplitBN + kSplitBN / 2, c0, c1};
   };
   auto unit_gu = [&](int u) { return Unit{u * 32, F + u * 32, 0, d_ch}; };
   auto unit_qkv = [&](int u) {
     const int a = (u / per_head) * p.head_dim + (u % per_head) * 16;
     return Unit{a, a + half, 0, d_ch};
   };
-  // Partial sums of a 32-column unit to partials[split][m][n].
+  // Partial sums of a kSplitBN-column unit to partials[split][m][n].
   auto store_partials = [&](int u) {
     const int tile = u % tiles_d, sp = u / tiles_d;
-    float* dst = p.partials + (int64_t)sp * M * D + tile * 32 + wg * 16 + 2 * t;
+    float* dst = p.partials + (int64_t)sp * M * D + tile * kSplitBN + wg * (kSplitBN / 2) + 2 * t;
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
+    for (int j = 0; j < kSplitBN / 16; ++j)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int m = row0 + 8 * hh;
@@ -294,71 +307,75 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
           *reinterpret_cast<float2*>(dst + (int64_t)m * D + j * 8) = make_float2(acc[4 * j + 2 * hh], acc[4 * j + 2 * hh + 1]);
       }
   };
-  // The paired epilogues (GeGLU, RoPE): warpgroup 1 hands its accumulators to the same thread of
-  // warpgroup 0 (conflict-free layout), which calls f(m, c, x, y) for each row m < M and pair of
-  // adjacent columns c, c + 1 of its HN: x its own sums, y warpgroup 1's, both rounded to bf16 as
-  // the separate GEMM stores them.
+  // The paired epilogues (GeGLU, RoPE): column j of warpgroup 0's half pairs with column j of warpgroup
+  // 1's. Each warpgroup finishes half of the pairs: warpgroup 0 the first HN / 16 column groups of 8,
+  // warpgroup 1 the rest; they hand each other the other half of their accumulators through `scratch`
+  // (thread-major, conflict-free). f(m, c, x, y) is called for each row m < M and pair of adjacent
+  // columns c, c + 1 of the HN: x warpgroup 0's sums, y warpgroup 1's, both rounded to bf16 as the
+  // separate GEMM stores them.
   auto paired_epilogue = [&](auto hn, auto&& f) {
-    constexpr int HN = decltype(hn)::value;
-    if (wg == 1)
+    constexpr int HN = decltype(hn)::value, J = HN / 8, JH = J / 2, Q = JH * 4;  // Q floats handed over
+    float* give = scratch + wg * Q * 128;
+    const float* take = scratch + (1 - wg) * Q * 128;
 #pragma unroll
-      for (int i = 0; i < HN / 2; ++i) scratch[i * 128 + wt] = acc[i];
+    for (int q = 0; q < Q; ++q) give[q * 128 + wt] = wg == 0 ? acc[Q + q] : acc[q];  // (constant indices)
     __syncthreads();
-    if (wg == 0) {
 #pragma unroll
-      for (int j = 0; j < HN / 8; ++j)
+    for (int jj = 0; jj < JH; ++jj)
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int m = row0 + 8 * hh, i = 4 * j + 2 * hh;
-          if (m >= M) continue;
-          float x[2], y[2];
+      for (int hh = 0; hh < 2; ++hh) {
+        const int m = row0 + 8 * hh, j = wg * JH + jj, i = 4 * jj + 2 * hh;
+        if (m >= M) continue;
+        float x[2], y[2];
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            x[e] = ld_rounded<bf16>(acc[i + e]);
-            y[e] = ld_rounded<bf16>(scratch[(i + e) * 128 + wt]);
-          }
-          f(m, 8 * j + 2 * t, x, y);
+        for (int e = 0; e < 2; ++e) {
+          const float own = wg == 0 ? acc[i + e] : acc[Q + i + e], other = take[(i + e) * 128 + wt];
+          x[e] = ld_rounded<bf16>(wg == 0 ? own : other);
+          y[e] = ld_rounded<bf16>(wg == 0 ? other : own);
         }
-    }
+        f(m, 8 * j + 2 * t, x, y);
+      }
     __syncthreads();  // scratch is read before the next unit overwrites it
   };
 
   // ---- G1: attn . wo^T -> partials ----
 #pragma unroll 1
   for (int u = bid; u < units_o; u += grid) {
-    gemm_unit<32>(pp, mp + kWo, mp + kAttn, unit_split(u, ko_ch, p.splits_o), false, acc);
+    gemm_unit<kSplitBN>(pp, mp + kWo, mp + kAttn, unit_split(u, ko_ch, p.splits_o), acc);
     store_partials(u);
   }
-  const bool pre = p.prefetch != 0;
-  if (pre && bid < units_gu) prefetch_w<64>(pp, mp + kWgu, unit_gu(bid));
   stamp(timing, 1);
   grid_barrier(p.barrier, target);
   stamp(timing, 2);
-  // ---- R1 ----
+  // ---- R1 (and G4's RoPE table: cos, sin of every row's position and pair) ----
   row_phase_any(p.partials, p.splits_o, h, p.ffn_norm, xn, M, D, p.eps);
+  if (has_qkv)  // from the last block down: the row phase's blocks are the first M
+    for (int i = (grid - 1 - bid) * kThreads + tid; i < M * half; i += grid * kThreads) {
+      float sn, cs;
+      rope_sincos(p.positions[i / half], i % half, p.head_dim, &sn, &cs);
+      p.rope[i] = make_float2(cs, sn);
+    }
   stamp(timing, 3);
   grid_barrier(p.barrier, target);
   stamp(timing, 4);
   // ---- G2: xn . [wg | wu]^T -> GeGLU -> mlp ----
 #pragma unroll 1
   for (int u = bid; u < units_gu; u += grid) {
-    gemm_unit<64>(pp, mp + kWgu, mp + kXn, unit_gu(u), pre && u == bid, acc);
+    gemm_unit<64>(pp, mp + kWgu, mp + kXn, unit_gu(u), acc);
     paired_epilogue(std::integral_constant<int, 32>{}, [&](int m, int c, const float* gt, const float* up) {
       *reinterpret_cast<uint32_t*>(mlp + (int64_t)m * F + u * 32 + c) =
           pack_bf16x2(gelu_tanh(gt[0]) * up[0], gelu_tanh(gt[1]) * up[1]);
     });
   }
-  if (pre && bid < units_d) prefetch_w<32>(pp, mp + kWd, unit_split(bid, f_ch, p.splits_d));
   stamp(timing, 5);
   grid_barrier(p.barrier, target);
   stamp(timing, 6);
   // ---- G3: mlp . wd^T -> partials ----
 #pragma unroll 1
   for (int u = bid; u < units_d; u += grid) {
-    gemm_unit<32>(pp, mp + kWd, mp + kMlp, unit_split(u, f_ch, p.splits_d), pre && u == bid, acc);
+    gemm_unit<kSplitBN>(pp, mp + kWd, mp + kMlp, unit_split(u, f_ch, p.splits_d), acc);
     store_partials(u);
   }
-  if (pre && bid < units_qkv) prefetch_w<32>(pp, mp + kWqkv, unit_qkv(bid));
   stamp(timing, 7);
   grid_barrier(p.barrier, target);
   stamp(timing, 8);
@@ -371,7 +388,7 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   // ---- G4: xn . wqkv^T -> RoPE -> q, k, v ----
 #pragma unroll 1
   for (int u = bid; u < units_qkv; u += grid) {
-    gemm_unit<32>(pp, mp + kWqkv, mp + kXn, unit_qkv(u), pre && u == bid, acc);
+    gemm_unit<32>(pp, mp + kWqkv, mp + kXn, unit_qkv(u), acc);
     const int slot = u / per_head, i0 = (u % per_head) * 16;
     const bool rot = slot < p.heads + p.kv_heads;
     bf16* dst;
@@ -390,10 +407,9 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         if (rot) {
-          float sn, cs;
-          rope_sincos(p.positions[m], i + e, p.head_dim, &sn, &cs);
-          y1[e] = x1[e] * cs - x2[e] * sn;
-          y2[e] = x2[e] * cs + x1[e] * sn;
+          const float2 r = p.rope[m * half + i + e];  // (cos, sin)
+          y1[e] = x1[e] * r.x - x2[e] * r.y;
+          y2[e] = x2[e] * r.x + x1[e] * r.y;
         } else {
           y1[e] = x1[e], y2[e] = x2[e];
         }
@@ -440,8 +456,8 @@ CUtensorMap make_map(const void* ptr, int64_t rows, int64_t k, int box_rows) {
 }  // namespace
 
 void block_tail(BlockTailParams p, int num_sms, cudaStream_t s) {
-  const int tiles_d = p.D / 32;
-  // k splits of the two 32-column-tiled projections: enough units to give every SM one.
+  const int tiles_d = p.D / kSplitBN;
+  // k splits of the two column-tiled projections: enough units to give every SM one.
   auto splits_for = [&](int k) { return std::clamp(num_sms / tiles_d, 1, std::min(kMaxBlockTailSplits, k / kBK)); };
   p.splits_o = splits_for(p.Ko);
   p.splits_d = splits_for(p.F);
@@ -463,11 +479,11 @@ void block_tail(BlockTailParams p, int num_sms, cudaStream_t s) {
   TailArgs a;
   a.b = p;
   a.map[kAttn] = make_map(p.attn, p.M, p.Ko, 64);
-  a.map[kWo] = make_map(p.wo, p.D, p.Ko, 16);
+  a.map[kWo] = make_map(p.wo, p.D, p.Ko, kSplitBN / 2);
   a.map[kXn] = make_map(p.xn, p.M, p.D, 64);
   a.map[kWgu] = make_map(p.wgu, 2 * (int64_t)p.F, p.D, 32);
   a.map[kMlp] = make_map(p.mlp, p.M, p.F, 64);
-  a.map[kWd] = make_map(p.wd, p.D, p.F, 16);
+  a.map[kWd] = make_map(p.wd, p.D, p.F, kSplitBN / 2);
   a.map[kWqkv] = p.wqkv ? make_map(p.wqkv, (int64_t)(p.heads + 2 * p.kv_heads) * p.head_dim, p.D, 16) : a.map[kWd];
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, block_tail_kernel, a));
 }

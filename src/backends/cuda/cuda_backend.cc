@@ -36,6 +36,8 @@ constexpr size_t kAttentionWorkspace = 16ull << 20;
 constexpr size_t kPartialsBytes = 16ull << 20;  // small_gemm_partials' split sums (16 x 64 x 4096 floats)
 constexpr int kTailMaxWidth = 2048;              // the block tail's widest D (8 per thread)
 constexpr size_t kTailPartialsBytes = (size_t)kMaxBlockTailSplits * 64 * kTailMaxWidth * 4;  // 4 MB
+constexpr int kTailMaxHeadDim = 512;
+constexpr size_t kTailRopeBytes = (size_t)64 * (kTailMaxHeadDim / 2) * 8;  // (cos, sin) a row and pair
 
 size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -68,6 +70,7 @@ class CudaBackend final : public Backend {
     if (opt_.own_small_gemm && opt_.fused_small_gemm) partials_ = static_cast<float*>(raw_alloc(kPartialsBytes));
     if (opt_.block_kernel) {
       tail_partials_ = static_cast<float*>(raw_alloc(kTailPartialsBytes));
+      tail_rope_ = raw_alloc(kTailRopeBytes);
       tail_barrier_ = static_cast<unsigned long long*>(raw_alloc(256));
       CUDA_CHECK(cudaMemset(tail_barrier_, 0, 256));
     }
@@ -431,6 +434,7 @@ class CudaBackend final : public Backend {
       p.q = b.q.data, p.k = b.k.data, p.v = b.v.data;
     }
     p.partials = tail_partials_;
+    p.rope = static_cast<float2*>(tail_rope_);
     p.barrier = tail_barrier_;
     block_tail(p, num_sms_, stream_);
   }
@@ -455,7 +459,7 @@ class CudaBackend final : public Backend {
       ok = ok && bf(b.next_qkv) && bf(b.q) && bf(b.k) && bf(b.v) && b.next_qkv.shape.rank() == 2 &&
            b.next_qkv.dim(0) == width && b.next_qkv.dim(1) == D && b.positions.dtype == DType::I32 &&
            b.positions.numel() == M && b.q.numel() == M * heads * hd && b.k.numel() == M * kv * hd &&
-           b.v.numel() == b.k.numel() && hd > 0;
+           b.v.numel() == b.k.numel() && hd > 0 && hd <= kTailMaxHeadDim;
     }
     return ok && block_tail_supported((int)M, (int)D, (int)F, (int)Ko, heads, kv, hd);
   }
@@ -569,6 +573,7 @@ class CudaBackend final : public Backend {
   float* attn_ws_ = nullptr;
   float* partials_ = nullptr;  // small_gemm_partials output (fused sequences)
   float* tail_partials_ = nullptr;  // the block tail's k-split sums
+  void* tail_rope_ = nullptr;       // its RoPE table
   unsigned long long* tail_barrier_ = nullptr;  // its grid barrier's counter
   std::vector<void*> blocks_;
   uint8_t* slab_ = nullptr;

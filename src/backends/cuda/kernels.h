@@ -100,7 +100,6 @@ struct BlockTailParams {
   int heads = 0, kv_heads = 0, head_dim = 0;   // of the next layer's QKV (wqkv null: none)
   int splits_o = 1, splits_d = 1;              // set by block_tail()
   float eps = 1e-6f;
-  int prefetch = 0;  // issue each GEMM phase's first weights before its barrier (measured a loss: 40.8 vs 37.1 us)
   const void* attn = nullptr;                  // [M, Ko]
   const void* wo = nullptr;                    // [D, Ko]
   void* h = nullptr;                           // [M, D], updated in place
@@ -116,6 +115,7 @@ struct BlockTailParams {
   void* k = nullptr;                           // [M, kv_heads * head_dim]
   void* v = nullptr;
   float* partials = nullptr;
+  float2* rope = nullptr;                 // [M][head_dim / 2] (cos, sin) scratch, with wqkv
   unsigned long long* barrier = nullptr;  // zeroed once; used by no other kernel
   unsigned long long* timing = nullptr;   // kernel_bench: [grid][kTailStamps] globaltimer stamps
 };
