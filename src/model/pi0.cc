@@ -213,12 +213,14 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
   const float dt = -1.0f / static_cast<float>(p.steps);
   const AttentionMask suffix_mask{p.suffix_qb, p.suffix_kb};
   const int64_t per_step = 2 * int64_t{c.expert.depth} + 1;
+  // pi0's state token, state_proj(state): the same in every step, so computed once (row 0 of tok,
+  // which the steps below never write).
+  if (!c.pi05()) be.linear(p.state, w.state_proj.w, w.state_proj.b, p.tok.rows(0, 1));
   for (int s = 0; s < p.steps; ++s) {
     be.stage("step " + std::to_string(s));
     // embed_suffix
     if (!c.pi05()) {
-      // state_tok = state_proj(state); action_time = mlp_out(swish(mlp_in([action_in_proj(x_t), time_emb])))
-      be.linear(p.state, w.state_proj.w, w.state_proj.b, p.tok.rows(0, 1));
+      // [state_tok, action_time], action_time = mlp_out(swish(mlp_in([action_in_proj(x_t), time_emb])))
       be.linear(p.x, w.action_in.w, w.action_in.b, p.a_emb);
       be.concat_cols(p.a_emb, p.time_emb.rows(s, 1), p.cat);
       be.linear(p.cat, w.action_time_in.w, w.action_time_in.b, p.u);

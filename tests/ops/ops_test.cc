@@ -351,6 +351,8 @@ std::vector<OpCase> all_cases() {
   c.push_back(linear_case("linear/f32_action_time_mlp_in", {50, 1024, 2048, Epilogue::None, true, false, F, F, F, F}));
   c.push_back(linear_case("linear/f32_action_time_mlp_out", {50, 1024, 1024, Epilogue::None, true, false, F, F, F, F}));
   c.push_back(linear_case("linear/f32_action_out_proj", {50, 32, 1024, Epilogue::None, true, false, F, F, F, F}));
+  c.push_back(linear_case("linear/f32_m7_odd_n_no_bias", {7, 100, 36, Epilogue::None, false, false, F, F, F, F}));
+  c.push_back(linear_case("linear/f32_m64_pi05_time_mlp", {64, 1024, 1024, Epilogue::None, true, false, F, F, F, F}));
 
   // ---- norms ----
   auto rms = [](int64_t m, int64_t d) {
