@@ -67,10 +67,6 @@ struct TailArgs {
 __device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(b)), "r"(count) : "memory");
 }
-// Expects tx more bytes in the barrier's current phase (no arrival).
-__device__ __forceinline__ void mbar_expect(uint64_t* b, uint32_t tx) {
-  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(b)), "r"(tx) : "memory");
-}
 __device__ __forceinline__ void mbar_arrive_expect(uint64_t* b, uint32_t tx) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(tx) : "memory");
 }
