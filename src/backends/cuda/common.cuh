@@ -33,6 +33,16 @@ void dispatch_float(DType t, F&& f) {
   }
 }
 
+// f(T1{}, T2{}, ...) for the float types of t1, t2, ...: one call instead of nested dispatch_float.
+template <class F>
+void dispatch_floats(F&& f) {
+  f();
+}
+template <class F, class... Ts>
+void dispatch_floats(F&& f, DType t, Ts... rest) {
+  dispatch_float(t, [&](auto a) { dispatch_floats([&](auto... r) { f(a, r...); }, rest...); });
+}
+
 // v as it reads back after a store to T (one rounding to bf16; none for float).
 template <class T>
 __device__ __forceinline__ float ld_rounded(float v) {

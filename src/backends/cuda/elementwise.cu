@@ -337,14 +337,12 @@ void convert(const void* src, DType st_, void* dst, DType dt, int64_t n, cudaStr
     CUDA_CHECK(cudaMemcpyAsync(dst, src, n * dtype_size(dt), cudaMemcpyDeviceToDevice, s));
     return;
   }
-  dispatch_float(st_, [&](auto ti) {
-    dispatch_float(dt, [&](auto to) {
-      using TI = decltype(ti);
-      using TO = decltype(to);
-      launch(convert_kernel<TI, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1,
-             static_cast<const TI*>(src), static_cast<TO*>(dst), n);
-    });
-  });
+  dispatch_floats([&](auto ti, auto to) {
+    using TI = decltype(ti);
+    using TO = decltype(to);
+    launch(convert_kernel<TI, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1,
+           static_cast<const TI*>(src), static_cast<TO*>(dst), n);
+  }, st_, dt);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -377,17 +375,13 @@ void rms_norm(const void* x, DType xt, const void* w, DType wt, void* out, DType
               float eps, cudaStream_t s) {
   if (rows == 0) return;
   if (row_norm_bf16<RowNorm::Rms>(x, xt, w, wt, nullptr, 0, out, ot, rows, dim, eps, s)) return;
-  dispatch_float(xt, [&](auto a) {
-    dispatch_float(wt, [&](auto b) {
-      dispatch_float(ot, [&](auto c) {
-        using TX = decltype(a);
-        using TW = decltype(b);
-        using TO = decltype(c);
-        launch(rms_norm_kernel<TX, TW, TO>, dim3(rows), dim3(row_threads(dim)), 0, s, 1, static_cast<const TX*>(x),
-               static_cast<const TW*>(w), static_cast<TO*>(out), dim, eps);
-      });
-    });
-  });
+  dispatch_floats([&](auto a, auto b, auto c) {
+    using TX = decltype(a);
+    using TW = decltype(b);
+    using TO = decltype(c);
+    launch(rms_norm_kernel<TX, TW, TO>, dim3(rows), dim3(row_threads(dim)), 0, s, 1, static_cast<const TX*>(x),
+           static_cast<const TW*>(w), static_cast<TO*>(out), dim, eps);
+  }, xt, wt, ot);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -410,17 +404,13 @@ void ada_rms_norm(const void* x, DType xt, const void* mod, DType mt, int64_t mo
                   int64_t rows, int64_t dim, float eps, cudaStream_t s) {
   if (rows == 0) return;
   if (row_norm_bf16<RowNorm::AdaRms>(x, xt, mod, mt, nullptr, mod_stride, out, ot, rows, dim, eps, s)) return;
-  dispatch_float(xt, [&](auto a) {
-    dispatch_float(mt, [&](auto b) {
-      dispatch_float(ot, [&](auto c) {
-        using TX = decltype(a);
-        using TM = decltype(b);
-        using TO = decltype(c);
-        launch(ada_rms_norm_kernel<TX, TM, TO>, dim3(rows), dim3(row_threads(dim)), 0, s, 1, static_cast<const TX*>(x),
-               static_cast<const TM*>(mod), mod_stride, static_cast<TO*>(out), dim, eps);
-      });
-    });
-  });
+  dispatch_floats([&](auto a, auto b, auto c) {
+    using TX = decltype(a);
+    using TM = decltype(b);
+    using TO = decltype(c);
+    launch(ada_rms_norm_kernel<TX, TM, TO>, dim3(rows), dim3(row_threads(dim)), 0, s, 1, static_cast<const TX*>(x),
+           static_cast<const TM*>(mod), mod_stride, static_cast<TO*>(out), dim, eps);
+  }, xt, mt, ot);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -429,18 +419,14 @@ void layer_norm(const void* x, DType xt, const void* w, DType wt, const void* b,
   if (rows == 0) return;
   PIRT_CHECK(wt == bt, "layer_norm: weight and bias dtypes differ");
   if (row_norm_bf16<RowNorm::Layer>(x, xt, w, wt, b, 0, out, ot, rows, dim, eps, s)) return;
-  dispatch_float(xt, [&](auto a) {
-    dispatch_float(wt, [&](auto bb) {
-      dispatch_float(ot, [&](auto c) {
-        using TX = decltype(a);
-        using TW = decltype(bb);
-        using TO = decltype(c);
-        launch(layer_norm_kernel<TX, TW, TW, TO>, dim3(rows), dim3(row_threads(dim)), 0, s, 1,
-               static_cast<const TX*>(x), static_cast<const TW*>(w), static_cast<const TW*>(b), static_cast<TO*>(out),
-               dim, eps);
-      });
-    });
-  });
+  dispatch_floats([&](auto a, auto bb, auto c) {
+    using TX = decltype(a);
+    using TW = decltype(bb);
+    using TO = decltype(c);
+    launch(layer_norm_kernel<TX, TW, TW, TO>, dim3(rows), dim3(row_threads(dim)), 0, s, 1,
+           static_cast<const TX*>(x), static_cast<const TW*>(w), static_cast<const TW*>(b), static_cast<TO*>(out),
+           dim, eps);
+  }, xt, wt, ot);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -448,17 +434,13 @@ void gated_residual(void* h, DType ht, const void* y, DType yt, const void* gate
                     int64_t rows, int64_t dim, cudaStream_t s) {
   const int64_t n = rows * dim;
   if (n == 0) return;
-  dispatch_float(ht, [&](auto a) {
-    dispatch_float(yt, [&](auto b) {
-      dispatch_float(gt, [&](auto c) {
-        using TH = decltype(a);
-        using TY = decltype(b);
-        using TG = decltype(c);
-        launch(gated_residual_kernel<TH, TY, TG>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1,
-               static_cast<TH*>(h), static_cast<const TY*>(y), static_cast<const TG*>(gate), gate_stride, rows, dim);
-      });
-    });
-  });
+  dispatch_floats([&](auto a, auto b, auto c) {
+    using TH = decltype(a);
+    using TY = decltype(b);
+    using TG = decltype(c);
+    launch(gated_residual_kernel<TH, TY, TG>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1,
+           static_cast<TH*>(h), static_cast<const TY*>(y), static_cast<const TG*>(gate), gate_stride, rows, dim);
+  }, ht, yt, gt);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -471,27 +453,23 @@ void geglu(const void* gu, DType gt, void* out, DType ot, int64_t rows, int64_t 
            static_cast<const bf16*>(gu), static_cast<bf16*>(out), rows, f);
     return;
   }
-  dispatch_float(gt, [&](auto a) {
-    dispatch_float(ot, [&](auto b) {
-      using TI = decltype(a);
-      using TO = decltype(b);
-      launch(geglu_kernel<TI, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1, static_cast<const TI*>(gu),
-             static_cast<TO*>(out), rows, f);
-    });
-  });
+  dispatch_floats([&](auto a, auto b) {
+    using TI = decltype(a);
+    using TO = decltype(b);
+    launch(geglu_kernel<TI, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1, static_cast<const TI*>(gu),
+           static_cast<TO*>(out), rows, f);
+  }, gt, ot);
   CUDA_CHECK_LAUNCH();
 }
 
 void silu(const void* x, DType xt, void* out, DType ot, int64_t n, cudaStream_t s) {
   if (n == 0) return;
-  dispatch_float(xt, [&](auto a) {
-    dispatch_float(ot, [&](auto b) {
-      using TI = decltype(a);
-      using TO = decltype(b);
-      launch(silu_kernel<TI, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1, static_cast<const TI*>(x),
-             static_cast<TO*>(out), n);
-    });
-  });
+  dispatch_floats([&](auto a, auto b) {
+    using TI = decltype(a);
+    using TO = decltype(b);
+    launch(silu_kernel<TI, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1, static_cast<const TI*>(x),
+           static_cast<TO*>(out), n);
+  }, xt, ot);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -499,17 +477,13 @@ void concat_cols(const void* a, DType at, const void* b, DType bt, int64_t b_row
                  int64_t k1, int64_t k2, cudaStream_t s) {
   const int64_t n = rows * (k1 + k2);
   if (n == 0) return;
-  dispatch_float(at, [&](auto x) {
-    dispatch_float(bt, [&](auto y) {
-      dispatch_float(ot, [&](auto z) {
-        using TA = decltype(x);
-        using TB = decltype(y);
-        using TO = decltype(z);
-        launch(concat_cols_kernel<TA, TB, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1,
-               static_cast<const TA*>(a), static_cast<const TB*>(b), b_rows, static_cast<TO*>(out), rows, k1, k2);
-      });
-    });
-  });
+  dispatch_floats([&](auto x, auto y, auto z) {
+    using TA = decltype(x);
+    using TB = decltype(y);
+    using TO = decltype(z);
+    launch(concat_cols_kernel<TA, TB, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1,
+           static_cast<const TA*>(a), static_cast<const TB*>(b), b_rows, static_cast<TO*>(out), rows, k1, k2);
+  }, at, bt, ot);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -526,14 +500,12 @@ void axpy(float* x, const void* v, DType vt, float dt, int64_t n, cudaStream_t s
 void embed(const int32_t* ids, const void* table, DType tt, float scale, void* out, DType ot, int64_t tokens,
            int64_t dim, cudaStream_t s) {
   if (tokens == 0) return;
-  dispatch_float(tt, [&](auto a) {
-    dispatch_float(ot, [&](auto b) {
-      using TT = decltype(a);
-      using TO = decltype(b);
-      launch(embed_kernel<TT, TO>, dim3(tokens), dim3(row_threads(dim)), 0, s, 1, ids, static_cast<const TT*>(table),
-             scale, static_cast<TO*>(out), dim);
-    });
-  });
+  dispatch_floats([&](auto a, auto b) {
+    using TT = decltype(a);
+    using TO = decltype(b);
+    launch(embed_kernel<TT, TO>, dim3(tokens), dim3(row_threads(dim)), 0, s, 1, ids, static_cast<const TT*>(table),
+           scale, static_cast<TO*>(out), dim);
+  }, tt, ot);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -542,19 +514,15 @@ void qkv_rope(const void* qkv, DType qkvt, const int32_t* positions, int64_t tok
               const float* partials, int splits) {
   if (tokens == 0) return;
   PIRT_CHECK(kt == vt, "qkv_rope: k and v dtypes differ");
-  dispatch_float(qkvt, [&](auto a) {
-    dispatch_float(qt, [&](auto b) {
-      dispatch_float(kt, [&](auto c) {
-        using TI = decltype(a);
-        using TQ = decltype(b);
-        using TK = decltype(c);
-        const bool rope = positions != nullptr;
-        launch(qkv_rope_kernel<TI, TQ, TK, TK>, dim3(tokens, rope ? heads + 2 * kv_heads : 1), dim3(rope ? 128 : 256),
-               0, s, 1, static_cast<const TI*>(qkv), positions, heads, kv_heads, head_dim, static_cast<TQ*>(q),
-               static_cast<TK*>(k), static_cast<TK*>(v), partials, splits);
-      });
-    });
-  });
+  dispatch_floats([&](auto a, auto b, auto c) {
+    using TI = decltype(a);
+    using TQ = decltype(b);
+    using TK = decltype(c);
+    const bool rope = positions != nullptr;
+    launch(qkv_rope_kernel<TI, TQ, TK, TK>, dim3(tokens, rope ? heads + 2 * kv_heads : 1), dim3(rope ? 128 : 256),
+           0, s, 1, static_cast<const TI*>(qkv), positions, heads, kv_heads, head_dim, static_cast<TQ*>(q),
+           static_cast<TK*>(k), static_cast<TK*>(v), partials, splits);
+  }, qkvt, qt, kt);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -569,17 +537,13 @@ void add_bias_pos(const float* acc, const void* b, DType bt, const void* pos, DT
                   int64_t rows, int64_t tokens, int64_t width, cudaStream_t s) {
   const int64_t n = rows * width;
   if (n == 0) return;
-  dispatch_float(bt, [&](auto x) {
-    dispatch_float(pt, [&](auto y) {
-      dispatch_float(ot, [&](auto z) {
-        using TB = decltype(x);
-        using TP = decltype(y);
-        using TO = decltype(z);
-        launch(add_bias_pos_kernel<TB, TP, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1, acc,
-               static_cast<const TB*>(b), static_cast<const TP*>(pos), static_cast<TO*>(out), rows, tokens, width);
-      });
-    });
-  });
+  dispatch_floats([&](auto x, auto y, auto z) {
+    using TB = decltype(x);
+    using TP = decltype(y);
+    using TO = decltype(z);
+    launch(add_bias_pos_kernel<TB, TP, TO>, dim3(blocks_for(n, kThreads)), dim3(kThreads), 0, s, 1, acc,
+           static_cast<const TB*>(b), static_cast<const TP*>(pos), static_cast<TO*>(out), rows, tokens, width);
+  }, bt, pt, ot);
   CUDA_CHECK_LAUNCH();
 }
 

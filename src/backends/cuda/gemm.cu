@@ -51,33 +51,27 @@ __global__ void simple_gemm_kernel(const TX* __restrict__ x, const TW* __restric
 void linear_epilogue(const float* acc, const void* bias, DType bt, Epilogue ep, const void* residual, DType rt,
                      void* out, DType ot, int64_t m, int64_t n, cudaStream_t s) {
   if (m * n == 0) return;
-  dispatch_float(bt, [&](auto a) {
-    dispatch_float(rt, [&](auto b) {
-      dispatch_float(ot, [&](auto c) {
-        using TB = decltype(a);
-        using TR = decltype(b);
-        using TO = decltype(c);
-        launch(epilogue_kernel<TB, TR, TO>, dim3(blocks_for(m * n, 256)), dim3(256), 0, s, 1, acc,
-               static_cast<const TB*>(bias), ep == Epilogue::GeluTanh, static_cast<const TR*>(residual),
-               static_cast<TO*>(out), m, n);
-      });
-    });
-  });
+  dispatch_floats([&](auto a, auto b, auto c) {
+    using TB = decltype(a);
+    using TR = decltype(b);
+    using TO = decltype(c);
+    launch(epilogue_kernel<TB, TR, TO>, dim3(blocks_for(m * n, 256)), dim3(256), 0, s, 1, acc,
+           static_cast<const TB*>(bias), ep == Epilogue::GeluTanh, static_cast<const TR*>(residual),
+           static_cast<TO*>(out), m, n);
+  }, bt, rt, ot);
   CUDA_CHECK_LAUNCH();
 }
 
 void simple_gemm(const void* x, DType xt, const void* w, DType wt, float* acc, int64_t m, int64_t n, int64_t k,
                  cudaStream_t s) {
   if (m * n == 0) return;
-  dispatch_float(xt, [&](auto a) {
-    dispatch_float(wt, [&](auto b) {
-      using TX = decltype(a);
-      using TW = decltype(b);
-      dim3 grid(static_cast<unsigned>((n + 15) / 16), static_cast<unsigned>((m + 15) / 16));
-      launch(simple_gemm_kernel<TX, TW>, dim3(grid), dim3(dim3(16, 16)), 0, s, 1, static_cast<const TX*>(x),
-             static_cast<const TW*>(w), acc, m, n, k);
-    });
-  });
+  dispatch_floats([&](auto a, auto b) {
+    using TX = decltype(a);
+    using TW = decltype(b);
+    dim3 grid(static_cast<unsigned>((n + 15) / 16), static_cast<unsigned>((m + 15) / 16));
+    launch(simple_gemm_kernel<TX, TW>, dim3(grid), dim3(dim3(16, 16)), 0, s, 1, static_cast<const TX*>(x),
+           static_cast<const TW*>(w), acc, m, n, k);
+  }, xt, wt);
   CUDA_CHECK_LAUNCH();
 }
 
