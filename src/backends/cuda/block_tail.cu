@@ -1,7 +1,7 @@
 // The action expert's block tail as one persistent kernel (Backend::gemma_block_tail, ops.h):
 //
-//   G1  partials = attn . wo^T                  (k split over `splits_o` units a column tile)
-//   R1  h = bf16(h + sum partials); xn = rms_norm(h, ffn_norm)
+//   G1  partials = attn . wo^T                  (64-column units, k split over `splits_o`)
+//   R1  h = bf16(h + sum partials); xn = rms_norm(h, ffn_norm)  (and G4's RoPE (cos, sin) table)
 //   G2  mlp = gelu_tanh(xn . wg^T) * (xn . wu^T)  (a unit holds 32 gate and the same 32 up columns)
 //   G3  partials = mlp . wd^T                   (k split over `splits_d`)
 //   R2  h = bf16(h + sum partials); xn = rms_norm(h, next_norm)
@@ -11,14 +11,14 @@
 // One block per SM, every block resident (a cooperative launch); the phases are separated by a grid
 // barrier. Why: at 51 rows each of these ops is a few microseconds of weight streaming, and as
 // separate kernels each also paid launch, ramp-up and tail (about 2 us each, ten kernels a layer).
-// Here the weights of a block's next GEMM unit are issued into its shared-memory pipeline before the
-// barrier in front of that GEMM (weights never depend on the phase before), so HBM keeps streaming
-// through barriers and row phases.
+// (Issuing the next phase's weights before its barrier, or bringing them into L2 early, measured
+// slower: bench/RESULTS.md, sessions 3 and 4.)
 //
 // GEMM units are the small-M GEMM's (gemm_small.cu) scheme: x is the 64-row A operand of wgmma
-// (rows >= M zero), a unit's 32 or 64 weight rows the B operand, 64-wide k chunks through a cp.async
-// pipeline in the 128-byte-swizzled layout, each of the two warpgroups computing half of the unit's
-// columns. Every sum is in fp32 and every intermediate is rounded to bf16 where the unfused path
+// (rows >= M zero), a unit's 32 or 64 weight rows the B operand, 64-wide k chunks through a TMA
+// pipeline (mbarriers) in the 128-byte-swizzled layout, each of the two warpgroups computing half of
+// the unit's columns. The kernel's code size is part of its speed (docs/cuda.md): keep debug
+// branches and extra instantiations out of it. Every sum is in fp32 and every intermediate is rounded to bf16 where the unfused path
 // stores it (h, xn, gate / up, mlp, qkv), so the results match the separate ops up to the order of
 // fp32 additions. The k-split sums are added in split order (deterministic).
 #include <cuda.h>
@@ -37,12 +37,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kBK = 64;                                 // k a chunk
-#ifndef PIRT_BT_SPLIT_BN
-#define PIRT_BT_SPLIT_BN 64
-#endif
 // Columns a unit of the k-split projections (output, down) takes: 64 halves the x each unit reads
 // per weight byte against 32 (x is 64 rows of k a chunk, whatever the unit's width).
-constexpr int kSplitBN = PIRT_BT_SPLIT_BN;
+constexpr int kSplitBN = 64;
 constexpr int kStages = 12;                             // pipeline depth (11 chunks prefetched)
 constexpr int kWRows = 64;                              // weight rows a stage holds (units of 32 or 64)
 constexpr int kStageElems = (kWRows + 64) * kBK;        // weight tile, then the 64-row x tile
