@@ -296,8 +296,9 @@ void bench_attention(cudaStream_t s, float* ws, int64_t ws_bytes, int sms, bool 
       int variant, splits;
       bool cluster;
       int debug = 0;
+      bool wgmma = false;
     };
-    std::vector<Run> runs = {{1, 0, true}, {0, 0, true}};
+    std::vector<Run> runs = {{1, 0, true}, {0, 0, true}, {0, 0, true, 0, true}};
     if (sh.Tq < 128)
       runs.insert(runs.end(), {{0, 14, true}, {2, 0, true}, {4, 0, true}, {0, 0, true, 8}, {0, 0, true, 4}});
     else if (sh.Hkv == 1)  // the prefix: key splits merged in a cluster (more blocks than its 102 tiles)
@@ -310,7 +311,7 @@ void bench_attention(cudaStream_t s, float* ws, int64_t ws_bytes, int sms, bool 
       const bool cl = rn.cluster;
       if (attention_workspace_bytes(a, sms, f, cl) > ws_bytes) continue;
       CUDA_CHECK(cudaMemsetAsync(o1, 0xff, nq * 2, s));
-      if (!attention_fast(a, ws, ws_bytes, sms, s, f, cl)) {
+      if (!attention_fast(a, ws, ws_bytes, sms, s, f, cl, rn.wgmma)) {
         std::printf("  fast kernel does not take this shape\n");
         break;
       }
@@ -318,11 +319,11 @@ void bench_attention(cudaStream_t s, float* ws, int64_t ws_bytes, int sms, bool 
       const double diff = rn.debug ? 0.0 : max_rel_diff(o1, o2, nq);
       if (!(diff < 0.15)) attention_check_failed = true;  // the flash kernel: 0.07 on the prefix
       const double t = time_graph(s, calls, [&] {
-        for (int i = 0; i < calls; ++i) attention_fast(a, ws, ws_bytes, sms, s, f, cl);
+        for (int i = 0; i < calls; ++i) attention_fast(a, ws, ws_bytes, sms, s, f, cl, rn.wgmma);
       });
       char kname[48];
-      std::snprintf(kname, sizeof kname, "v%d %s s=%d%s", rn.variant, cl ? "cluster" : "merge", f,
-                    rn.debug ? (" dbg" + std::to_string(rn.debug)).c_str() : "");
+      std::snprintf(kname, sizeof kname, "v%d %s s=%d%s%s", rn.variant, cl ? "cluster" : "merge", f,
+                    rn.debug ? (" dbg" + std::to_string(rn.debug)).c_str() : "", rn.wgmma ? " wgmma" : "");
       report(kname, t, diff);
     }
     attention_kernel_variant = 0;

@@ -29,6 +29,7 @@ EngineOptions engine_options(const Args& a) {
   o.pdl = a.flag("--pdl");
   o.fused_small_gemm = a.flag("--fused-small-gemm");
   o.block_kernel = !a.flag("--no-block-kernel");
+  o.wgmma_attention = !a.flag("--no-wgmma-attention");
   o.tuning_file = a.str("--tuning");
   return o;
 }
@@ -45,10 +46,11 @@ const char* kEngineFlagsHelp =
     "                           our small-M GEMM, split sums added in the row kernel (off: even)\n"
     "  --no-block-kernel        pi0's action expert as separate kernels, not one persistent kernel for\n"
     "                           everything after each attention through the next layer's q, k, v\n"
+    "  --no-wgmma-attention     the prefix's attention on the mma.sync flash kernel, not on wgmma\n"
 
     "  --tuning FILE|none       GEMM algorithms per shape (pirt tune); default: bench/tuning/ for this GPU\n";
 const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm", "--pdl", "--fused-small-gemm",
-                                           "--no-block-kernel"};
+                                           "--no-block-kernel", "--no-wgmma-attention"};
 
 namespace {
 
@@ -221,7 +223,8 @@ int cmd_bench(int argc, char** argv) {
                           {"own_small_gemm", opt.own_small_gemm},
                           {"pdl", opt.pdl},
                           {"fused_small_gemm", opt.fused_small_gemm},
-                          {"block_kernel", opt.block_kernel}}}};
+                          {"block_kernel", opt.block_kernel},
+                          {"wgmma_attention", opt.wgmma_attention}}}};
     std::ofstream f(a.str("--json"));
     if (!f) throw_error("cannot write " + a.str("--json"));
     f << j.dump(2) << "\n";

@@ -924,9 +924,16 @@ int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force
 }
 
 bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num_sms, cudaStream_t s,
-                    int force_splits, bool cluster) {
+                    int force_splits, bool cluster, bool wgmma) {
   const int dhp = padded_head_dim(a.Dh);
   if (!dhp || a.Hq % a.Hkv != 0 || a.Tq == 0 || a.S == 0) return false;
+  // Many query tiles of one KV head of 256 (the prefix): the wgmma kernel, where the build and the
+  // device have it (the caller says) and no test knob picks another.
+  if (wgmma && attention_kernel_variant == 0 && force_splits == 0 && attention_wgmma_supported(a) &&
+      2 * ((a.Tq * a.Hq + kBR - 1) / kBR) * a.S >= num_sms) {
+    attention_wgmma(a, s);
+    return true;
+  }
   if (reinterpret_cast<uintptr_t>(a.q) % 16 || reinterpret_cast<uintptr_t>(a.k) % 16 ||
       reinterpret_cast<uintptr_t>(a.v) % 16 || reinterpret_cast<uintptr_t>(a.out) % 4)
     return false;

@@ -21,15 +21,13 @@
 // branches and extra instantiations out of it. Every sum is in fp32 and every intermediate is rounded to bf16 where the unfused path
 // stores it (h, xn, gate / up, mlp, qkv), so the results match the separate ops up to the order of
 // fp32 additions. The k-split sums are added in split order (deterministic).
-#include <cuda.h>
-#include <cudaTypedefs.h>
-
 #include <algorithm>
 #include <type_traits>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/mma.cuh"
+#include "backends/cuda/tma.cuh"
 #include "backends/cuda/wgmma.cuh"
 
 namespace pirt::cuda {
@@ -61,41 +59,6 @@ struct TailArgs {
 };
 
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void mbar_init(uint64_t* b, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(b)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect(uint64_t* b, uint32_t tx) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(b)), "r"(tx) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred p;\nWAIT:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra WAIT;\n}\n" ::"r"(
-          smem_addr(b)),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* m, int k, int row, uint64_t* b) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          smem_addr(dst)),
-      "l"(m), "r"(k), "r"(row), "r"(smem_addr(b))
-      : "memory");
-}
-// The same with an L2 cache policy (createpolicy): the weights are read once a step, so they go in
-// as evict-first and leave the activations, the KV cache and this kernel's code in L2.
-__device__ __forceinline__ void tma_load_hint(void* dst, const CUtensorMap* m, int k, int row, uint64_t* b,
-                                              uint64_t policy) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(
-          smem_addr(dst)),
-      "l"(m), "r"(k), "r"(row), "r"(smem_addr(b)), "l"(policy)
-      : "memory");
-}
-// Generic-proxy writes to global memory (other blocks' epilogues), visible to TMA reads and back.
-__device__ __forceinline__ void fence_proxy_async_global() {
-  asm volatile("fence.proxy.async.global;\n" ::: "memory");
-}
-
 // The thread that issues the TMA copies (not thread 0, which runs the grid barrier).
 constexpr int kProducer = 32;
 
@@ -422,32 +385,6 @@ bool block_tail_supported(int M, int D, int F, int Ko, int heads, int kv_heads, 
          Ko % 64 == 0 && heads >= 0 && kv_heads >= 0 && (head_dim == 0 || head_dim % 32 == 0);
 }
 
-namespace {
-
-// A bf16 row-major [rows, k] matrix as a TMA map of [box_rows, 64] boxes (128-byte swizzle).
-CUtensorMap make_map(const void* ptr, int64_t rows, int64_t k, int box_rows) {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
-    PIRT_CHECK(fn && q == cudaDriverEntryPointSuccess, "block tail: the driver has no cuTensorMapEncodeTiled");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
-  CUtensorMap m;
-  const cuuint64_t dims[2] = {(cuuint64_t)k, (cuuint64_t)rows};
-  const cuuint64_t strides[1] = {(cuuint64_t)k * 2};
-  const cuuint32_t box[2] = {(cuuint32_t)kBK, (cuuint32_t)box_rows};
-  const cuuint32_t elem[2] = {1, 1};
-  const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(ptr), dims, strides, box, elem,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  PIRT_CHECK(r == CUDA_SUCCESS, "block tail: cuTensorMapEncodeTiled failed (%d) for a %lld x %lld matrix", (int)r,
-             (long long)rows, (long long)k);
-  return m;
-}
-
-}  // namespace
-
 void block_tail(BlockTailParams p, int num_sms, cudaStream_t s) {
   const int tiles_d = p.D / kSplitBN;
   // k splits of the two column-tiled projections: enough units to give every SM one.
@@ -471,13 +408,13 @@ void block_tail(BlockTailParams p, int num_sms, cudaStream_t s) {
   cfg.numAttrs = 1;
   TailArgs a;
   a.b = p;
-  a.map[kAttn] = make_map(p.attn, p.M, p.Ko, 64);
-  a.map[kWo] = make_map(p.wo, p.D, p.Ko, kSplitBN / 2);
-  a.map[kXn] = make_map(p.xn, p.M, p.D, 64);
-  a.map[kWgu] = make_map(p.wgu, 2 * (int64_t)p.F, p.D, 32);
-  a.map[kMlp] = make_map(p.mlp, p.M, p.F, 64);
-  a.map[kWd] = make_map(p.wd, p.D, p.F, kSplitBN / 2);
-  a.map[kWqkv] = p.wqkv ? make_map(p.wqkv, (int64_t)(p.heads + 2 * p.kv_heads) * p.head_dim, p.D, 16) : a.map[kWd];
+  a.map[kAttn] = make_tma_map(p.attn, p.M, p.Ko, 64);
+  a.map[kWo] = make_tma_map(p.wo, p.D, p.Ko, kSplitBN / 2);
+  a.map[kXn] = make_tma_map(p.xn, p.M, p.D, 64);
+  a.map[kWgu] = make_tma_map(p.wgu, 2 * (int64_t)p.F, p.D, 32);
+  a.map[kMlp] = make_tma_map(p.mlp, p.M, p.F, 64);
+  a.map[kWd] = make_tma_map(p.wd, p.D, p.F, kSplitBN / 2);
+  a.map[kWqkv] = p.wqkv ? make_tma_map(p.wqkv, (int64_t)(p.heads + 2 * p.kv_heads) * p.head_dim, p.D, 16) : a.map[kWd];
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, block_tail_kernel, a));
 }
 

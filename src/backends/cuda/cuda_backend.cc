@@ -58,8 +58,9 @@ class CudaBackend final : public Backend {
     if (prop.major < 9) opt_.attention_clusters = false, opt_.own_small_gemm = false, opt_.pdl = false;
 #if !PIRT_CUDA_SM90A
     opt_.block_kernel = false;
+    opt_.wgmma_attention = false;
 #endif
-    if (prop.major != 9) opt_.block_kernel = false;
+    if (prop.major != 9) opt_.block_kernel = false, opt_.wgmma_attention = false;
     set_pdl_enabled(opt_.pdl);
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     lt_ws_ = raw_alloc(kLtWorkspace);
@@ -494,7 +495,8 @@ class CudaBackend final : public Backend {
       a.k_block = mask.k_block.ptr<int32_t>();
     }
     if (opt_.fast_attention &&
-        attention_fast(a, attn_ws_, kAttentionWorkspace, num_sms_, stream_, 0, opt_.attention_clusters))
+        attention_fast(a, attn_ws_, kAttentionWorkspace, num_sms_, stream_, 0, opt_.attention_clusters,
+                       opt_.wgmma_attention))
       return;
     attention_reference(a, stream_);
   }

@@ -30,6 +30,9 @@ struct CudaOptions {
   // On an H100 it is 6% faster end to end than the separate kernels (bench/RESULTS.md, session 4).
   bool block_kernel = true;
   bool fast_attention = true;  // the flash kernel; false: a simple one-warp-per-row kernel (debugging)
+  // The prefix's attention (many query rows, one KV head of 256) on wgmma + TMA (sm_90a build on
+  // sm_90; attention_wgmma.cu); false: the flash kernel on mma.sync.
+  bool wgmma_attention = true;
   bool attention_clusters = true;  // key splits merged in a thread-block cluster; false: a merge kernel
   // Programmatic dependent launch of our kernels (sm_90+): each may start during the tail of the one
   // before. Off by default: with cuBLASLt between them it cost 1-4% end to end (bench/RESULTS.md).

@@ -1,0 +1,254 @@
+// The prefix's attention on Hopper's warpgroup MMA (sm_90a): one KV head of head_dim 256, the query
+// heads packed over it (packed row r = t * G + g, as attention.cu), many rows (pi0's prefix: 8 x 816).
+//
+// A block is one warpgroup over 64 packed rows and every key, in 64-key tiles:
+// - Q (64 x 256) and double-buffered K and V tiles come in through TMA, 128-byte swizzled, as four
+//   64-column boxes each (tma.cuh, wgmma.cuh's layout).
+// - S = Q K^T is 16 wgmma m64n64k16 (K is the K-major B operand).
+// - The online softmax runs on S's accumulator fragments (a row lives in one quad of a warp), as the
+//   flash kernel's: fp32 scores scaled by scale * log2(e), exp2, the row sum in fp32 of the unrounded
+//   probabilities, P rounded to bf16.
+// - P goes to shared memory in the swizzled K-major layout and O += P V is 8 wgmma m64n128k16 with V
+//   as an MN-major ("transposed") B operand: V's tiles are stored as they are, keys x head dim.
+// - O (64 x 256 fp32, 128 registers a thread) is normalised and stored as bf16 at the end.
+// No warp specialisation and no overlap of the softmax with the tensor cores yet: the TMA of tile
+// i + 2 is issued once tile i is consumed. (Issuing S(i + 1) before the softmax of tile i needs a
+// second S in registers next to O's 128: ptxas then used 255 registers and spilled; not tried.)
+#include <cmath>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/tma.cuh"
+#include "backends/cuda/wgmma.cuh"
+
+namespace pirt::cuda {
+namespace {
+
+constexpr int kRows = 64;     // packed query rows a block
+constexpr int kKeys = 64;     // keys a tile
+constexpr int kDh = 256;
+constexpr int kBox = 64 * 64;  // bf16 elements of one 64 x 64 box (8 KB)
+constexpr int kThreads = 128;
+constexpr int kMaskedKey = 0x3fffffff;  // ops.h AttentionMask::kMaskedKey
+
+struct Smem {
+  bf16 q[kDh / 64][kBox];
+  bf16 k[2][kDh / 64][kBox];
+  bf16 v[2][kDh / 64][kBox];
+  bf16 p[kBox];
+  uint64_t bar_q, full[2];
+};
+constexpr size_t kSmemBytes = sizeof(Smem) + 1024;  // (1024-byte alignment of the swizzled boxes)
+
+struct WgmmaAttnArgs {
+  CUtensorMap q, k, v;  // [S * R, 256], [S * Tk, 256] x 2
+  bf16* out;            // [S * R, 256]
+  const int32_t* q_block;
+  const int32_t* k_block;
+  int R, G, Tq, Tk;
+  float scale_log2;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// D (+)= A B^T-as-stored for V: B MN-major (tnsp-b 1), 128 columns = two 64-wide boxes LBO apart.
+__device__ __forceinline__ void wgmma_bf16_n128_tb(float* d, uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b));
+}
+
+// Descriptor of an MN-major operand in 128-byte-swizzled 64-wide boxes: 8-row (k) groups 1024 bytes
+// apart (stride byte offset), 64-wide boxes along MN `lbo` bytes apart (leading byte offset).
+__device__ __forceinline__ uint64_t wgmma_desc_mn(const void* smem_ptr, uint32_t lbo) {
+  const uint32_t addr = smem_addr(smem_ptr);
+  uint64_t d = 0;
+  d |= (uint64_t)((addr & 0x3FFFF) >> 4);
+  d |= (uint64_t)((lbo & 0x3FFFF) >> 4) << 16;
+  d |= (uint64_t)(1024 >> 4) << 32;
+  d |= (uint64_t)1 << 62;
+  return d;
+}
+#endif
+
+__global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __grid_constant__ WgmmaAttnArgs a) {
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma and TMA need sm_90a; the host uses this kernel only there
+#else
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  Smem& sm = *reinterpret_cast<Smem*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int row0 = blockIdx.x * kRows, s = blockIdx.y;
+  const int ntiles = (a.Tk + kKeys - 1) / kKeys;
+  if (tid == 0) {
+    mbar_init(&sm.bar_q, 1);
+    mbar_init(&sm.full[0], 1);
+    mbar_init(&sm.full[1], 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  pdl_wait();
+  auto issue_kv = [&](int i) {
+    const int b = i & 1, row = s * a.Tk + i * kKeys;
+    mbar_arrive_expect(&sm.full[b], 2 * (kDh / 64) * kBox * 2);
+#pragma unroll
+    for (int c = 0; c < kDh / 64; ++c) {
+      tma_load(sm.k[b][c], &a.k, c * 64, row, &sm.full[b]);
+      tma_load(sm.v[b][c], &a.v, c * 64, row, &sm.full[b]);
+    }
+  };
+  if (tid == 0) {
+    mbar_arrive_expect(&sm.bar_q, (kDh / 64) * kBox * 2);
+#pragma unroll
+    for (int c = 0; c < kDh / 64; ++c) tma_load(sm.q[c], &a.q, c * 64, s * a.R + row0, &sm.bar_q);
+    for (int i = 0; i < 2 && i < ntiles; ++i) issue_kv(i);
+  }
+  pdl_trigger();
+
+  // This thread's two rows: 16 w + g and 16 w + g + 8 of the block's 64.
+  int qb[2];
+  float m_run[2], l_run[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = row0 + 16 * w + g + 8 * hh;
+    qb[hh] = row < a.R ? (a.q_block ? a.q_block[(int64_t)s * a.Tq + row / a.G] : 0) : -1;
+    m_run[hh] = -INFINITY;
+    l_run[hh] = 0.f;
+  }
+  float o[2][64];
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[h][i] = 0.f;
+  mbar_wait(&sm.bar_q, 0);
+
+#pragma unroll 1
+  for (int i = 0; i < ntiles; ++i) {
+    const int b = i & 1;
+    mbar_wait(&sm.full[b], (i >> 1) & 1);
+    // S = Q K^T
+    float sc[32];
+#pragma unroll
+    for (int e = 0; e < 32; ++e) sc[e] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int c = 0; c < kDh / 64; ++c)
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) wgmma_bf16<64>(sc, wgmma_desc(sm.q[c] + ks * 16), wgmma_desc(sm.k[b][c] + ks * 16), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    // Mask and scale; this tile's row max over the quad.
+    const int key0 = i * kKeys;
+    float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const int key = key0 + 8 * j + 2 * t + e2;
+        const int kb = key < a.Tk ? (a.k_block ? __ldg(a.k_block + (int64_t)s * a.Tk + key) : 0) : kMaskedKey;
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          float& x = sc[4 * j + 2 * hh + e2];
+          x = kb <= qb[hh] ? x * a.scale_log2 : -INFINITY;
+          tmax[hh] = fmaxf(tmax[hh], x);
+        }
+      }
+    float alpha[2], m_use[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      tmax[hh] = fmaxf(tmax[hh], __shfl_xor_sync(0xffffffffu, tmax[hh], 1));
+      tmax[hh] = fmaxf(tmax[hh], __shfl_xor_sync(0xffffffffu, tmax[hh], 2));
+      const float m_new = fmaxf(m_run[hh], tmax[hh]);
+      m_use[hh] = m_new == -INFINITY ? 0.f : m_new;
+      alpha[hh] = exp2f(m_run[hh] - m_use[hh]);  // 0 when m_run is -inf
+      m_run[hh] = m_new;
+    }
+    // P = exp2(S - m) into shared memory (bf16, swizzled: 16-byte piece c / 8 of row r at (c / 8) ^ (r % 8)).
+    float rsum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const float p0 = exp2f(sc[4 * j + 2 * hh] - m_use[hh]), p1 = exp2f(sc[4 * j + 2 * hh + 1] - m_use[hh]);
+        rsum[hh] += p0 + p1;
+        const int r = 16 * w + g + 8 * hh;
+        *reinterpret_cast<uint32_t*>(&sm.p[r * 64 + ((j ^ (r & 7)) << 3) + 2 * t]) = pack_bf16x2(p0, p1);
+      }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 1);
+      rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 2);
+      l_run[hh] = l_run[hh] * alpha[hh] + rsum[hh];
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        o[h][4 * j] *= alpha[0], o[h][4 * j + 1] *= alpha[0];
+        o[h][4 * j + 2] *= alpha[1], o[h][4 * j + 3] *= alpha[1];
+      }
+    fence_proxy_async_smem();  // P's generic stores, before wgmma reads them
+    __syncthreads();
+    // O += P V: k = this tile's 64 keys in four steps of 16 (16 rows of 128 bytes = 2048 bytes a step).
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        wgmma_bf16_n128_tb(o[h], wgmma_desc(sm.p + ks * 16), wgmma_desc_mn(sm.v[b][2 * h] + ks * 16 * 64, kBox * 2));
+    wgmma_commit();
+    wgmma_wait<0>();
+    __syncthreads();  // K, V (buffer b) and P consumed
+    if (tid == 0 && i + 2 < ntiles) issue_kv(i + 2);
+  }
+
+  // O / l -> bf16 (rows that see no key: zeros)
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = row0 + 16 * w + g + 8 * hh;
+    if (row >= a.R) continue;
+    const float inv = l_run[hh] > 0.f ? 1.f / l_run[hh] : 0.f;
+    bf16* dst = a.out + ((int64_t)s * a.R + row) * kDh;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        *reinterpret_cast<uint32_t*>(dst + h * 128 + 8 * j + 2 * t) =
+            pack_bf16x2(o[h][4 * j + 2 * hh] * inv, o[h][4 * j + 2 * hh + 1] * inv);
+  }
+#endif
+}
+
+}  // namespace
+
+bool attention_wgmma_supported(const AttentionArgs& a) {
+  return a.Dh == kDh && a.Hkv == 1 && a.Hq >= 1 && a.S >= 1 && a.Tq >= 1 && a.Tk >= 1 &&
+         reinterpret_cast<uintptr_t>(a.q) % 16 == 0 && reinterpret_cast<uintptr_t>(a.k) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(a.v) % 16 == 0 && reinterpret_cast<uintptr_t>(a.out) % 4 == 0;
+}
+
+void attention_wgmma(const AttentionArgs& a, cudaStream_t s) {
+  PIRT_CHECK(attention_wgmma_supported(a), "attention_wgmma: unsupported shape (head dim %d, %d KV heads)", a.Dh,
+             a.Hkv);
+  static bool attr_set = false;
+  if (!attr_set) {
+    CUDA_CHECK(cudaFuncSetAttribute(attention_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
+    attr_set = true;
+  }
+  WgmmaAttnArgs w;
+  w.R = a.Tq * a.Hq;
+  w.G = a.Hq;
+  w.Tq = a.Tq;
+  w.Tk = a.Tk;
+  w.q = make_tma_map(a.q, (int64_t)a.S * w.R, kDh, kRows);
+  w.k = make_tma_map(a.k, (int64_t)a.S * a.Tk, kDh, kKeys);
+  w.v = make_tma_map(a.v, (int64_t)a.S * a.Tk, kDh, kKeys);
+  w.out = static_cast<bf16*>(a.out);
+  w.q_block = a.q_block;
+  w.k_block = a.k_block;
+  w.scale_log2 = a.scale * 1.4426950408889634f;
+  launch(attention_wgmma_kernel, dim3((w.R + kRows - 1) / kRows, a.S), dim3(kThreads), kSmemBytes, s, 1, w);
+}
+
+}  // namespace pirt::cuda
