@@ -6,6 +6,7 @@
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/mma.cuh"
 
 namespace pirt::cuda {
 namespace {
@@ -302,6 +303,61 @@ __global__ void qkv_rope_kernel(const TI* __restrict__ qkv, const int32_t* __res
   }
 }
 
+// The all-bf16 case (no partials) in wider pieces, with RoPE's angles computed once a pair, not once
+// a head (the generic kernel ran powf + sincosf for every element of every q and k head: 12 us a
+// prefix layer). The arithmetic is the generic kernel's, so the results are bit-identical.
+// Without RoPE: q, k and v are three contiguous runs of the token's row, copied 16 bytes a thread.
+// With RoPE: block (t, y) takes token t's head slots y, y + gridDim.y, ...; thread j its pairs
+// (2j, 2j + 1) of each slot, as bf16x2 loads and stores (the v slots are copied the same way).
+__global__ void qkv_split_bf16_kernel(const bf16* __restrict__ qkv, int heads, int kv_heads, int head_dim,
+                                      bf16* __restrict__ q, bf16* __restrict__ k, bf16* __restrict__ v) {
+  pdl_wait();
+  pdl_trigger();
+  const int t = blockIdx.x;
+  const int64_t nq = (int64_t)heads * head_dim, nk = (int64_t)kv_heads * head_dim, width = nq + 2 * nk;
+  const uint4* row = reinterpret_cast<const uint4*>(qkv + t * width);
+  for (int64_t c = threadIdx.x; c < width / 8; c += blockDim.x) {
+    const int64_t e = c * 8;
+    bf16* dst = e < nq ? q + t * nq + e : e < nq + nk ? k + t * nk + (e - nq) : v + t * nk + (e - nq - nk);
+    *reinterpret_cast<uint4*>(dst) = row[c];
+  }
+}
+
+__global__ void qkv_rope_bf16_kernel(const bf16* __restrict__ qkv, const int32_t* __restrict__ positions, int heads,
+                                     int kv_heads, int head_dim, bf16* __restrict__ q, bf16* __restrict__ k,
+                                     bf16* __restrict__ v) {
+  pdl_wait();
+  pdl_trigger();
+  const int t = blockIdx.x, half = head_dim / 2, j = threadIdx.x;
+  if (2 * j >= half) return;
+  const int rot_heads = heads + kv_heads, slots = rot_heads + kv_heads;
+  const bf16* row = qkv + (int64_t)t * slots * head_dim;
+  const int pos = positions[t];
+  float sn[2], cs[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) rope_sincos(pos, 2 * j + e, head_dim, &sn[e], &cs[e]);
+  for (int h = blockIdx.y; h < slots; h += gridDim.y) {
+    const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(row + h * head_dim + 2 * j);
+    const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(row + h * head_dim + half + 2 * j);
+    float x1[2] = {__low2float(a), __high2float(a)}, x2[2] = {__low2float(b), __high2float(b)};
+    float y1[2], y2[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (h < rot_heads) {
+        y1[e] = x1[e] * cs[e] - x2[e] * sn[e];
+        y2[e] = x2[e] * cs[e] + x1[e] * sn[e];
+      } else {
+        y1[e] = x1[e], y2[e] = x2[e];
+      }
+    }
+    bf16* dst = h < heads ? q + ((int64_t)t * heads + h) * head_dim
+                : h < rot_heads ? k + ((int64_t)t * kv_heads + (h - heads)) * head_dim
+                                : v + ((int64_t)t * kv_heads + (h - rot_heads)) * head_dim;
+    *reinterpret_cast<uint32_t*>(dst + 2 * j) = pack_bf16x2(y1[0], y1[1]);
+    *reinterpret_cast<uint32_t*>(dst + half + 2 * j) = pack_bf16x2(y2[0], y2[1]);
+  }
+}
+
 __global__ void im2col_kernel(const float* __restrict__ img, int64_t n, int64_t size, int64_t p,
                               float* __restrict__ col) {
   pdl_wait();
@@ -514,6 +570,24 @@ void qkv_rope(const void* qkv, DType qkvt, const int32_t* positions, int64_t tok
               const float* partials, int splits) {
   if (tokens == 0) return;
   PIRT_CHECK(kt == vt, "qkv_rope: k and v dtypes differ");
+  const bool bf = qkvt == DType::BF16 && qt == DType::BF16 && kt == DType::BF16 && !partials;
+  auto a16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (bf && !positions && head_dim % 8 == 0 && a16(qkv) && a16(q) && a16(k) && a16(v)) {
+    launch(qkv_split_bf16_kernel, dim3(tokens), dim3(128), 0, s, 1, static_cast<const bf16*>(qkv), heads, kv_heads,
+           head_dim, static_cast<bf16*>(q), static_cast<bf16*>(k), static_cast<bf16*>(v));
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  if (bf && positions && head_dim % 4 == 0 && head_dim <= 1024 && a16(qkv) && a16(q) && a16(k) && a16(v)) {
+    // Every slot of a token in one block where there are tokens enough to fill the GPU (the prefix);
+    // one slot a block otherwise (the action steps' 51 tokens).
+    const int slots = heads + 2 * kv_heads, threads = ((head_dim / 4 + 31) / 32) * 32;
+    launch(qkv_rope_bf16_kernel, dim3(tokens, tokens >= 256 ? 1 : slots), dim3(threads), 0, s, 1,
+           static_cast<const bf16*>(qkv), positions, heads, kv_heads, head_dim, static_cast<bf16*>(q),
+           static_cast<bf16*>(k), static_cast<bf16*>(v));
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   dispatch_floats([&](auto a, auto b, auto c) {
     using TI = decltype(a);
     using TQ = decltype(b);
