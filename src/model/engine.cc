@@ -83,7 +83,7 @@ class EngineImpl final : public Engine {
     if (steps < 1) throw_error("steps must be at least 1");
     check_inputs(cfg_, in, horizon_);
     const int64_t B = in.batch(), H = horizon_, A = cfg_.action_dim, L = in.tokenized_prompt.shape()[1];
-    const int64_t S = cfg_.vision.image_size, img_elems = S * S * 3;
+    const int64_t S = cfg_.vision.image_size;
     HostTensor noise = in.noise;
     if (noise.empty()) {
       noise = HostTensor(DType::F32, {B, H, A});
@@ -102,11 +102,12 @@ class EngineImpl final : public Engine {
       Plan& p = plan_for(layout, steps);
 
       // Write this sample into the plan's input buffers.
-      HostTensor images(DType::F32, {std::max(p.n_cams, 1), S, S, 3});
+      if (p.n_cams == 0) {  // (the vision tower does not run; its one-image input buffer gets zeros)
+        HostTensor images(DType::F32, {1, S, S, 3});
+        be_->to_device(images, p.images);
+      }
       for (int i = 0; i < p.n_cams; ++i)
-        std::memcpy(images.ptr<float>() + i * img_elems,
-                    in.images[layout.cameras[i]].ptr<float>() + b * img_elems, img_elems * sizeof(float));
-      be_->to_device(images, p.images);
+        be_->to_device(in.images[layout.cameras[i]].view().rows(b, 1), p.images.rows(i, 1));
       HostTensor text(DType::I32, {std::max(p.n_text, 1)});
       // A padding token (kept with --no-drop-padding) is masked out, so its id never reaches a valid
       // output; check_inputs only range-checks valid ids, so embed id 0 in its place.

@@ -82,6 +82,7 @@ class CudaBackend final : public Backend {
     for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g);
     lt_.reset();
     for (void* p : blocks_) cudaFree(p);
+    if (staging_) cudaFreeHost(staging_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -142,8 +143,24 @@ class CudaBackend final : public Backend {
     PIRT_CHECK(host.where == Where::Host && dev.where == Where::Device, "to_device: wrong sides");
     PIRT_CHECK(host.dtype == dev.dtype && host.numel() == dev.numel(), "to_device: %s %s to %s %s",
                dname(host.dtype).c_str(), host.shape.str().c_str(), dname(dev.dtype).c_str(), dev.shape.str().c_str());
-    // From pageable memory the copy returns once the source has been staged, so `host` may be reused.
-    CUDA_CHECK(cudaMemcpyAsync(dev.data, host.data, host.nbytes(), cudaMemcpyHostToDevice, stream_));
+    // Through a pinned staging buffer: one host memcpy, then a DMA that runs while the caller goes on
+    // (from pageable memory the driver stages in chunks and waits for each). The staging space is
+    // reused after the next to_host(), which synchronises the stream.
+    const size_t n = host.nbytes(), need = (n + 255) & ~size_t{255};
+    if (staging_used_ + need > staging_bytes_) {
+      CUDA_CHECK(cudaStreamSynchronize(stream_));  // earlier copies may still read the staging buffer
+      staging_used_ = 0;
+      if (need > staging_bytes_) {
+        if (staging_) CUDA_CHECK(cudaFreeHost(staging_));
+        staging_ = nullptr;
+        staging_bytes_ = std::max(need, size_t{8} << 20);
+        CUDA_CHECK(cudaHostAlloc(&staging_, staging_bytes_, cudaHostAllocDefault));
+      }
+    }
+    char* st = static_cast<char*>(staging_) + staging_used_;
+    std::memcpy(st, host.data, n);
+    staging_used_ += need;
+    CUDA_CHECK(cudaMemcpyAsync(dev.data, st, n, cudaMemcpyHostToDevice, stream_));
   }
 
   void to_host(const Tensor& dev, const Tensor& host) override {
@@ -153,6 +170,7 @@ class CudaBackend final : public Backend {
                dname(dev.dtype).c_str(), dev.shape.str().c_str(), dname(host.dtype).c_str(), host.shape.str().c_str());
     CUDA_CHECK(cudaMemcpyAsync(host.data, dev.data, host.nbytes(), cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
+    staging_used_ = 0;  // every earlier copy is done
   }
 
   // ---- execution ----
@@ -573,6 +591,8 @@ class CudaBackend final : public Backend {
   std::shared_ptr<const TuningTable> tuning_;
   void* lt_ws_ = nullptr;
   float* attn_ws_ = nullptr;
+  void* staging_ = nullptr;  // pinned host memory for to_device (grow-only)
+  size_t staging_bytes_ = 0, staging_used_ = 0;
   float* partials_ = nullptr;  // small_gemm_partials output (fused sequences)
   float* tail_partials_ = nullptr;  // the block tail's k-split sums
   void* tail_rope_ = nullptr;       // its RoPE table
