@@ -1,7 +1,9 @@
 // The prefix's attention on Hopper's warpgroup MMA (sm_90a): one KV head of head_dim 256, the query
 // heads packed over it (packed row r = t * G + g, as attention.cu), many rows (pi0's prefix: 8 x 816).
 //
-// A block is one warpgroup over 64 packed rows and every key, in 64-key tiles:
+// A block is two warpgroups over 64 packed rows and every key, in 64-key tiles: warpgroup w takes the
+// tiles i with i % 2 == w, so that one's softmax runs while the other's wgmma do, and the two halves
+// (running max, sum, unnormalised O) are merged through shared memory at the end.
 // - Q (64 x 256) and double-buffered K and V tiles come in through TMA, 128-byte swizzled, as four
 //   64-column boxes each (tma.cuh, wgmma.cuh's layout).
 // - S = Q K^T is 16 wgmma m64n64k16 (K is the K-major B operand).
@@ -11,9 +13,10 @@
 // - P goes to shared memory in the swizzled K-major layout and O += P V is 8 wgmma m64n128k16 with V
 //   as an MN-major ("transposed") B operand: V's tiles are stored as they are, keys x head dim.
 // - O (64 x 256 fp32, 128 registers a thread) is normalised and stored as bf16 at the end.
-// No warp specialisation and no overlap of the softmax with the tensor cores yet: the TMA of tile
-// i + 2 is issued once tile i is consumed. (Issuing S(i + 1) before the softmax of tile i needs a
-// second S in registers next to O's 128: ptxas then used 255 registers and spilled; not tried.)
+// No warp specialisation: a warpgroup issues the TMA of its next tile (i + 2, into the buffer it
+// just freed) once it has consumed tile i; the other warpgroup's tile covers the wait. (Overlapping
+// within one warpgroup, S(i + 1) issued before the softmax of tile i, needs a second S in registers
+// next to O's 128: ptxas then used 255 registers and spilled.)
 #include <cmath>
 
 #include "backends/cuda/common.cuh"
@@ -28,14 +31,14 @@ constexpr int kRows = 64;     // packed query rows a block
 constexpr int kKeys = 64;     // keys a tile
 constexpr int kDh = 256;
 constexpr int kBox = 64 * 64;  // bf16 elements of one 64 x 64 box (8 KB)
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;  // two warpgroups
 constexpr int kMaskedKey = 0x3fffffff;  // ops.h AttentionMask::kMaskedKey
 
 struct Smem {
   bf16 q[kDh / 64][kBox];
   bf16 k[2][kDh / 64][kBox];
   bf16 v[2][kDh / 64][kBox];
-  bf16 p[kBox];
+  bf16 p[2][kBox];  // a warpgroup's P
   uint64_t bar_q, full[2];
 };
 constexpr size_t kSmemBytes = sizeof(Smem) + 1024;  // (1024-byte alignment of the swizzled boxes)
@@ -78,7 +81,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 #else
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
-  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int tid = threadIdx.x, lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+  const int wg = tid >> 7;  // warpgroup: tiles wg, wg + 2, ... in K/V buffer wg
+  auto wg_sync = [&] { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory"); };
   const int row0 = blockIdx.x * kRows, s = blockIdx.y;
   const int ntiles = (a.Tk + kKeys - 1) / kKeys;
   if (tid == 0) {
@@ -106,7 +111,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
   }
   pdl_trigger();
 
-  // This thread's two rows: 16 w + g and 16 w + g + 8 of the block's 64.
+  // This thread's two rows: 16 w + g and 16 w + g + 8 of the block's 64 (the same in both warpgroups).
   int qb[2];
   float m_run[2], l_run[2];
 #pragma unroll
@@ -124,8 +129,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
   mbar_wait(&sm.bar_q, 0);
 
 #pragma unroll 1
-  for (int i = 0; i < ntiles; ++i) {
-    const int b = i & 1;
+  for (int i = wg; i < ntiles; i += 2) {
+    const int b = wg;
     mbar_wait(&sm.full[b], (i >> 1) & 1);
     // S = Q K^T
     float sc[32];
@@ -173,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
         const float p0 = exp2f(sc[4 * j + 2 * hh] - m_use[hh]), p1 = exp2f(sc[4 * j + 2 * hh + 1] - m_use[hh]);
         rsum[hh] += p0 + p1;
         const int r = 16 * w + g + 8 * hh;
-        *reinterpret_cast<uint32_t*>(&sm.p[r * 64 + ((j ^ (r & 7)) << 3) + 2 * t]) = pack_bf16x2(p0, p1);
+        *reinterpret_cast<uint32_t*>(&sm.p[wg][r * 64 + ((j ^ (r & 7)) << 3) + 2 * t]) = pack_bf16x2(p0, p1);
       }
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
@@ -189,19 +194,51 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
         o[h][4 * j + 2] *= alpha[1], o[h][4 * j + 3] *= alpha[1];
       }
     fence_proxy_async_smem();  // P's generic stores, before wgmma reads them
-    __syncthreads();
+    wg_sync();
     // O += P V: k = this tile's 64 keys in four steps of 16 (16 rows of 128 bytes = 2048 bytes a step).
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
-        wgmma_bf16_n128_tb(o[h], wgmma_desc(sm.p + ks * 16), wgmma_desc_mn(sm.v[b][2 * h] + ks * 16 * 64, kBox * 2));
+        wgmma_bf16_n128_tb(o[h], wgmma_desc(sm.p[wg] + ks * 16), wgmma_desc_mn(sm.v[b][2 * h] + ks * 16 * 64, kBox * 2));
     wgmma_commit();
     wgmma_wait<0>();
-    __syncthreads();  // K, V (buffer b) and P consumed
-    if (tid == 0 && i + 2 < ntiles) issue_kv(i + 2);
+    wg_sync();  // K, V (buffer b) and P consumed by the warpgroup
+    if ((tid & 127) == 0 && i + 2 < ntiles) issue_kv(i + 2);
   }
+
+  // Merge: warpgroup 1 leaves its (max, sum) and O in shared memory (over the K/V buffers, free once
+  // both are done), thread-major; warpgroup 0 rescales both halves to the common max and adds.
+  __syncthreads();
+  float* ob = reinterpret_cast<float*>(&sm.k[0][0][0]);  // [128 values][128 threads]
+  float* mb = ob + 128 * 128;                            // [4][128 threads]: m, l of both rows
+  const int wt = tid & 127;
+  if (wg == 1) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int i = 0; i < 64; ++i) ob[(h * 64 + i) * 128 + wt] = o[h][i];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) mb[hh * 128 + wt] = m_run[hh], mb[(2 + hh) * 128 + wt] = l_run[hh];
+  }
+  __syncthreads();
+  if (wg == 1) return;
+  float f0[2], f1[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const float m1 = mb[hh * 128 + wt], l1 = mb[(2 + hh) * 128 + wt];
+    const float m = fmaxf(m_run[hh], m1), m_use = m == -INFINITY ? 0.f : m;
+    f0[hh] = exp2f(m_run[hh] - m_use), f1[hh] = exp2f(m1 - m_use);
+    l_run[hh] = l_run[hh] * f0[hh] + l1 * f1[hh];
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      const int hh = (i >> 1) & 1;  // fragment element 4j + e holds row g + 8 (e / 2)
+      o[h][i] = o[h][i] * f0[hh] + ob[(h * 64 + i) * 128 + wt] * f1[hh];
+    }
 
   // O / l -> bf16 (rows that see no key: zeros)
 #pragma unroll
