@@ -51,6 +51,7 @@ struct Plan {
   std::vector<Tensor> K, V;
   // The suffix.
   Tensor time_emb;  // F32 [steps, We]: posemb_sincos(t) of each step (pi0)
+  Tensor time_bias; // F32 [steps, We]: pi0 with the folded action_time_mlp_in (weights.h): its bias a step
   Tensor mods;      // F32 [steps, 2*depth+1, 3*We]: adaRMS (scale|shift|gate) of each step (pi0.5)
   Tensor tok, a_emb, cat, u, hs, out_f32, v;
   LayerActs suf;

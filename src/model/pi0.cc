@@ -163,9 +163,16 @@ Plan make_plan(const ModelConfig& c, const Weights& w, Backend& be, const Prefix
   p.time_emb = be.alloc(DType::F32, {steps, We});
   be.to_device(te, p.time_emb);
   if (!c.pi05()) {
-    p.a_emb = be.alloc(DType::F32, {H, We});
-    p.cat = be.alloc(DType::F32, {H, 2 * We});
     p.u = be.alloc(DType::F32, {H, We});
+    if (w.action_time_fold.w.empty()) {
+      p.a_emb = be.alloc(DType::F32, {H, We});
+      p.cat = be.alloc(DType::F32, {H, 2 * We});
+    } else {  // the time half of action_time_mlp_in, once a step (weights.h)
+      p.time_bias = be.alloc(DType::F32, {steps, We});
+      for (int s = 0; s < steps; ++s)
+        be.linear(p.time_emb.rows(s, 1), w.action_time_t, w.action_time_fold.b, p.time_bias.rows(s, 1));
+      be.synchronize();
+    }
   } else {
     const int64_t per_step = 2 * int64_t{c.expert.depth} + 1;
     p.mods = be.alloc(DType::F32, {steps * per_step, 3 * We});
@@ -221,9 +228,13 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
     // embed_suffix
     if (!c.pi05()) {
       // [state_tok, action_time], action_time = mlp_out(swish(mlp_in([action_in_proj(x_t), time_emb])))
-      be.linear(p.x, w.action_in.w, w.action_in.b, p.a_emb);
-      be.concat_cols(p.a_emb, p.time_emb.rows(s, 1), p.cat);
-      be.linear(p.cat, w.action_time_in.w, w.action_time_in.b, p.u);
+      if (!w.action_time_fold.w.empty()) {  // (folded: weights.h)
+        be.linear(p.x, w.action_time_fold.w, p.time_bias.rows(s, 1).reshape(Shape{c.expert.width}), p.u);
+      } else {
+        be.linear(p.x, w.action_in.w, w.action_in.b, p.a_emb);
+        be.concat_cols(p.a_emb, p.time_emb.rows(s, 1), p.cat);
+        be.linear(p.cat, w.action_time_in.w, w.action_time_in.b, p.u);
+      }
       be.silu(p.u, p.u);
       be.linear(p.u, w.action_time_out.w, w.action_time_out.b, p.tok.rows(1, H));
     } else {

@@ -1,5 +1,8 @@
 #include "model/weights.h"
 
+#include <algorithm>
+#include <vector>
+
 namespace pirt {
 namespace {
 
@@ -23,6 +26,34 @@ struct Loader {
   // A small fp32-island linear.
   LinearW linear_f32(const std::string& prefix) { return {f32(prefix + ".weight"), f32(prefix + ".bias")}; }
 };
+
+// pi0's action_in_proj folded into action_time_mlp_in (weights.h), in double on the host.
+void fold_action_time(Backend& be, const TensorSource& get, Weights& w) {
+  const Tensor &wa = get("action_in_proj.weight"), &ba = get("action_in_proj.bias");
+  const Tensor &wi = get("action_time_mlp_in.weight"), &bi = get("action_time_mlp_in.bias");
+  PIRT_CHECK(wa.shape.rank() == 2 && wi.shape.rank() == 2 && wi.dim(1) == 2 * wa.dim(0) && wi.dim(0) == wa.dim(0) &&
+                 ba.numel() == wa.dim(0) && bi.numel() == wi.dim(0),
+             "action_in_proj.weight %s and action_time_mlp_in.weight %s do not fit together",
+             wa.shape.str().c_str(), wi.shape.str().c_str());
+  const int64_t W = wa.dim(0), A = wa.dim(1);
+  std::vector<double> a(W * A), acc(A);
+  for (int64_t i = 0; i < W * A; ++i) a[i] = load_f32(wa, i);
+  HostTensor fold(DType::F32, {W, A}), bias(DType::F32, {W}), wt(DType::F32, {W, W});
+  for (int64_t i = 0; i < W; ++i) {
+    std::fill(acc.begin(), acc.end(), 0.0);
+    double b = load_f32(bi, i);
+    for (int64_t k = 0; k < W; ++k) {
+      const double x = load_f32(wi, i * 2 * W + k);
+      for (int64_t j = 0; j < A; ++j) acc[j] += x * a[k * A + j];
+      b += x * load_f32(ba, k);
+      wt.ptr<float>()[i * W + k] = load_f32(wi, i * 2 * W + W + k);
+    }
+    for (int64_t j = 0; j < A; ++j) fold.ptr<float>()[i * A + j] = static_cast<float>(acc[j]);
+    bias.ptr<float>()[i] = static_cast<float>(b);
+  }
+  w.action_time_fold = {be.upload({fold.view()}, DType::F32), be.upload({bias.view()}, DType::F32)};
+  w.action_time_t = be.upload({wt.view()}, DType::F32);
+}
 
 GemmaLayerW load_gemma_layer(Loader& ld, const std::string& p, bool adarms, bool fuse) {
   GemmaLayerW l;
@@ -93,15 +124,20 @@ Weights load_weights(const ModelConfig& c, Backend& backend, const TensorSource&
   else
     w.expert_norm = ld.f32(kExpert + "norm.weight");
 
-  w.action_in = ld.linear_f32("action_in_proj");
   w.action_out = ld.linear_f32("action_out_proj");
   if (c.pi05()) {
+    w.action_in = ld.linear_f32("action_in_proj");
     w.time_in = ld.linear_f32("time_mlp_in");
     w.time_out = ld.linear_f32("time_mlp_out");
   } else {
     w.state_proj = ld.linear_f32("state_proj");
-    w.action_time_in = ld.linear_f32("action_time_mlp_in");
     w.action_time_out = ld.linear_f32("action_time_mlp_out");
+    if (fuse) {
+      fold_action_time(ld.be, ld.get, w);
+    } else {
+      w.action_in = ld.linear_f32("action_in_proj");
+      w.action_time_in = ld.linear_f32("action_time_mlp_in");
+    }
   }
   return w;
 }

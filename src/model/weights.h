@@ -48,6 +48,13 @@ struct Weights {
   // The small projections around the expert (fp32 islands, spec section 5).
   LinearW action_in, action_out;
   LinearW state_proj, action_time_in, action_time_out;  // pi0
+  // pi0 with fused projections: action_time_mlp_in applied to [action_in_proj(x) | time_emb] is
+  // x . (Win_a Wa)^T + (Win_t time_emb + Win_a ba + b_in), so action_in_proj folds into it (computed
+  // in double at load): action_time_fold = {Win_a Wa [W, action_dim], Win_a ba + b_in}, and
+  // action_time_t = Win_t [W, W], the time half, applied once per step at plan time. action_in and
+  // action_time_in stay empty then.
+  LinearW action_time_fold;
+  Tensor action_time_t;
   LinearW time_in, time_out;                            // pi0.5
 };
 
