@@ -84,11 +84,17 @@ void gemma_layer(Backend& be, const GemmaCall& call) {
   be.attention(q.reshape(qs), call.K.rows(0, Tk).reshape(ks), call.V.rows(0, Tk).reshape(ks), call.mask,
                1.f / std::sqrt(static_cast<float>(g.head_dim)), attn.reshape(qs));
   if (call.tail) {  // the rest of this layer and the start of the next as one backend op
-    PIRT_CHECK(!call.next_attn_norm.empty() && !w.gate_up.empty() && call.mod_attn.empty(),
-               "gemma_layer: a block tail needs plain norms, fused gate+up weights and next_attn_norm");
+    const bool ada = !call.mod_attn.empty();
+    PIRT_CHECK(!w.gate_up.empty() && (ada ? !call.mod_ffn.empty() && !call.next_mod.empty() : !call.next_attn_norm.empty()),
+               "gemma_layer: a block tail needs fused gate+up weights and the next norm (next_attn_norm, or next_mod "
+               "with adaRMS)");
     BlockTail b{.attn = attn, .wo = w.o, .h = call.h, .ffn_norm = w.ffn_norm, .w_gate_up = w.gate_up,
                 .w_down = w.down, .next_norm = call.next_attn_norm, .xn = xn, .gu = first(a.gu, T),
                 .mlp = first(a.mlp, T)};
+    if (ada) {
+      b.mod_attn = call.mod_attn, b.mod_ffn = call.mod_ffn, b.next_mod = call.next_mod;
+      b.y = first(a.y, T);
+    }
     if (call.next_w) {
       b.next_qkv = call.next_w->qkv;
       b.qkv = qkv;

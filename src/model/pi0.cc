@@ -249,7 +249,8 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
     // pre-attention norm (the last layer's: the final norm). With fused weights everything after a
     // layer's attention, through the next layer's q and K/V, is one block tail.
     const bool chain = !c.pi05();
-    const bool tail = chain && !w.expert[0].qkv.empty() && !w.expert[0].gate_up.empty();
+    // (pi0.5 too: its tails take the adaRMS modulations, the next norm's as next_mod.)
+    const bool tail = !w.expert[0].qkv.empty() && !w.expert[0].gate_up.empty();
     const int depth = c.expert.depth;
     for (int l = 0; l < depth; ++l) {
       const bool last = l + 1 == depth;
@@ -260,15 +261,17 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
                                 .mod_ffn = c.pi05() ? mods.rows(2 * l + 1, 1) : Tensor{},
                                 .next_attn_norm = !chain ? Tensor{} : last ? w.expert_norm : w.expert[l + 1].attn_norm,
                                 .xn_ready = chain && l > 0,
+                                .next_mod = c.pi05() && tail ? mods.rows(last ? per_step - 1 : 2 * (l + 1), 1) : Tensor{},
                                 .tail = tail,
                                 .next_w = tail && !last ? &w.expert[l + 1] : nullptr,
                                 .next_K = tail && !last ? p.K[l + 1] : Tensor{},
                                 .next_V = tail && !last ? p.V[l + 1] : Tensor{},
                                 .qkv_ready = tail && l > 0});
     }
-    // final norm (pi0: left in xn by the last layer); v_t = action_out_proj(suffix_out[:, -H:]) in fp32
+    // final norm (pi0, and pi0.5 with block tails: left in xn by the last layer);
+    // v_t = action_out_proj(suffix_out[:, -H:]) in fp32
     const Tensor xn = p.suf.xn.rows(0, T);
-    if (c.pi05())
+    if (c.pi05() && !tail)
       be.ada_rms_norm(p.hs, mods.rows(per_step - 1, 1), kNormEps, xn);
     be.cast(xn.rows(T - H, H), p.out_f32);
     be.linear(p.out_f32, w.action_out.w, w.action_out.b, p.v);

@@ -43,12 +43,19 @@ struct AttentionMask {
 //   then, when next_qkv is set, linear_qkv_rope(xn, next_qkv, ...) into q, k, v (the next layer's).
 // w_gate_up = [wg | wu] ([2F, D]); gu [T, 2F], mlp [T, F] and qkv [T, (heads + 2 kv_heads) head_dim]
 // are scratch that a fused implementation may leave unwritten.
+// pi0.5's expert (adaRMS) sets mod_attn, mod_ffn (the layer's [3D] modulations: scale | shift | gate)
+// and next_mod (the next norm's: the next layer's mod_attn, or the final norm's) instead of ffn_norm
+// and next_norm; its residuals are gated and its norms adaptive:
+//   y = attn . wo^T; h += y * gate(mod_attn);  xn = ada_rms_norm(h, mod_ffn)
+//   y = mlp . wd^T;  h += y * gate(mod_ffn);   xn = ada_rms_norm(h, next_mod)
+// with y [T, D] scratch.
 struct BlockTail {
   Tensor attn, wo, h, ffn_norm, w_gate_up, w_down, next_norm, xn;
   Tensor gu, mlp;
   Tensor next_qkv, qkv, positions, q, k, v;  // next_qkv empty: stop after the second norm
   int heads = 0, kv_heads = 0, head_dim = 0;
   float eps = 1e-6f;
+  Tensor mod_attn, mod_ffn, next_mod, y;  // adaRMS (above); empty: plain RMSNorms
 };
 
 class Backend {
@@ -151,10 +158,23 @@ class Backend {
   // BlockTail (above): the ops one after another by default; the CUDA backend runs it as one
   // persistent kernel for few rows (the action steps).
   virtual void gemma_block_tail(const BlockTail& b) {
-    linear_residual_rms_norm(b.attn, b.wo, b.h, b.ffn_norm, b.eps, b.xn);
-    linear(b.xn, b.w_gate_up, {}, b.gu);
-    geglu(b.gu, b.mlp);
-    linear_residual_rms_norm(b.mlp, b.w_down, b.h, b.next_norm, b.eps, b.xn);
+    if (b.mod_attn.empty()) {
+      linear_residual_rms_norm(b.attn, b.wo, b.h, b.ffn_norm, b.eps, b.xn);
+      linear(b.xn, b.w_gate_up, {}, b.gu);
+      geglu(b.gu, b.mlp);
+      linear_residual_rms_norm(b.mlp, b.w_down, b.h, b.next_norm, b.eps, b.xn);
+    } else {
+      const int64_t D = b.h.dim(-1);
+      auto gate = [&](const Tensor& mod) { return mod.reshape(Shape{3, D}).rows(2, 1).reshape(Shape{D}); };
+      linear(b.attn, b.wo, {}, b.y);
+      gated_residual(b.h, b.y, gate(b.mod_attn));
+      ada_rms_norm(b.h, b.mod_ffn, b.eps, b.xn);
+      linear(b.xn, b.w_gate_up, {}, b.gu);
+      geglu(b.gu, b.mlp);
+      linear(b.mlp, b.w_down, {}, b.y);
+      gated_residual(b.h, b.y, gate(b.mod_ffn));
+      ada_rms_norm(b.h, b.next_mod, b.eps, b.xn);
+    }
     if (!b.next_qkv.empty())
       linear_qkv_rope(b.xn, b.next_qkv, b.qkv, b.positions, b.heads, b.kv_heads, b.head_dim, b.q, b.k, b.v);
   }

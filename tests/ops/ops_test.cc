@@ -571,6 +571,50 @@ std::vector<OpCase> all_cases() {
   c.push_back(block_tail("fused/expert_block_tail_51", 51, true));
   c.push_back(block_tail("fused/expert_block_tail_last_51", 51, false));
   c.push_back(block_tail("fused/expert_block_tail_h10", 11, true));
+  // pi0.5's block tail (adaRMS): the norms' weights become [3D] modulations (scale | shift | gate) and
+  // the residuals are gated. Output as above, with the next QKV. Two more bf16 roundings (each
+  // GEMM's y before the gated add) than the plain tail: kChain still holds (its derivation counts six
+  // at 4x margin).
+  auto block_tail_ada = [](const std::string& name, int64_t t) {
+    return simple_case(
+        name, kChain,
+        [=](std::mt19937& r) {
+          std::vector<int32_t> pos;
+          for (int64_t i = 0; i < t; ++i) pos.push_back(560 + static_cast<int32_t>(i));
+          return std::vector<Arg>{{randn({t, 2048}, r), Role::Act},
+                                  {randn({1024, 2048}, r, 1.f / std::sqrt(2048.f)), Role::Mat},
+                                  {randn({3 * 1024}, r, 0.3f), Role::F32},  // mod_attn
+                                  {randn({8192, 1024}, r, 1.f / 32), Role::Mat},
+                                  {randn({1024, 4096}, r, 1.f / 64), Role::Mat},
+                                  {randn({3 * 1024}, r, 0.3f), Role::F32},  // mod_ffn
+                                  {randn({3 * 1024}, r, 0.3f), Role::F32},  // next_mod
+                                  {randn({2560, 1024}, r, 1.f / 32), Role::Mat},
+                                  {i32({t}, pos), Role::I32}};
+        },
+        [=](const std::vector<Arg>&) {
+          std::mt19937 r2(79);
+          HostTensor init = nans({t * (2048 + 2560)});
+          const HostTensor h = randn({t, 1024}, r2);
+          std::memcpy(init.ptr<float>(), h.ptr<float>(), h.view().nbytes());
+          return Arg{init, Role::Act};
+        },
+        [=](Backend& be, const std::vector<Tensor>& in, const Tensor& o) {
+          const Tensor flat = o.reshape(Shape{o.numel()});
+          BlockTail b{.attn = in[0], .wo = in[1], .h = flat.rows(0, t * 1024).reshape(Shape{t, 1024}),
+                      .ffn_norm = {}, .w_gate_up = in[3], .w_down = in[4], .next_norm = {},
+                      .xn = flat.rows(t * 1024, t * 1024).reshape(Shape{t, 1024}),
+                      .gu = be.alloc(be.act_dtype(), Shape{t, 8192}), .mlp = be.alloc(be.act_dtype(), Shape{t, 4096}),
+                      .next_qkv = in[7], .qkv = be.alloc(be.act_dtype(), Shape{t, 2560}), .positions = in[8],
+                      .q = flat.rows(t * 2048, t * 2048).reshape(Shape{t, 2048}),
+                      .k = flat.rows(t * 4096, t * 256).reshape(Shape{t, 256}),
+                      .v = flat.rows(t * 4352, t * 256).reshape(Shape{t, 256}),
+                      .heads = 8, .kv_heads = 1, .head_dim = 256};
+          b.mod_attn = in[2], b.mod_ffn = in[5], b.next_mod = in[6];
+          b.y = be.alloc(be.act_dtype(), Shape{t, 1024});
+          be.gemma_block_tail(b);
+        });
+  };
+  c.push_back(block_tail_ada("fused/expert_block_tail_ada_50", 50));
 
   // ---- attention ----
   {
@@ -816,7 +860,7 @@ TEST(CudaBackend, BlockKernelMatchesSeparateOps) {
     check_case(oc, *fused, " [block kernel]");  // and against the CPU oracle
     ++ran;
   }
-  EXPECT_EQ(ran, 3);
+  EXPECT_EQ(ran, 4);
 }
 
 // Our small-M GEMM against cuBLASLt on the action-step shapes (both bf16: two roundings apart).

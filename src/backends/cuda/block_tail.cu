@@ -2,6 +2,7 @@
 //
 //   G1  partials = attn . wo^T                  (64-column units, k split over `splits_o`)
 //   R1  h = bf16(h + sum partials); xn = rms_norm(h, ffn_norm)  (and G4's RoPE (cos, sin) table)
+//       (pi0.5: h = bf16(h + bf16(sum) * gate); xn = ada_rms_norm(h, mod): R1 and R2 alike)
 //   G2  mlp = gelu_tanh(xn . wg^T) * (xn . wu^T)  (a unit holds 32 gate and the same 32 up columns)
 //   G3  partials = mlp . wd^T                   (k split over `splits_d`)
 //   R2  h = bf16(h + sum partials); xn = rms_norm(h, next_norm)
@@ -174,24 +175,26 @@ __device__ __forceinline__ void stamp(unsigned long long* timing, int k) {
 }
 
 // A row phase: rows across the grid, a block a row (common.cuh residual_rms_norm_row), VEC = D / 256.
+// pi0.5 (adaRMS): gate and shift set, w the scale (common.cuh).
 template <int VEC>
 __device__ void row_phase(const float* partials, int splits, bf16* h, const float* w, bf16* xn, int M, int D,
-                          float eps) {
+                          float eps, const float* gate, const float* shift) {
 #pragma unroll 1
   for (int m = blockIdx.x; m < M; m += gridDim.x)
-    residual_rms_norm_row<VEC, kMaxBlockTailSplits>(partials, splits, (int64_t)M * D, h, w, xn, m, D, eps);
+    residual_rms_norm_row<VEC, kMaxBlockTailSplits>(partials, splits, (int64_t)M * D, h, w, xn, m, D, eps, gate,
+                                                    shift);
 }
 
 // The norm weights are F32 (as the model loads them; the backend sends other dtypes to the
 // separate ops): one instantiation a VEC. A second copy of each for BF16 weights made the whole
 // kernel slower, every GEMM phase included (39.7 vs 36.2 us a layer on the H100: its code grew).
 __device__ __noinline__ void row_phase_any(const float* partials, int splits, bf16* h, const float* w, bf16* xn, int M, int D,
-                              float eps) {
+                              float eps, const float* gate, const float* shift) {
   switch (D / kThreads) {
-    case 1: row_phase<1>(partials, splits, h, w, xn, M, D, eps); break;
-    case 2: row_phase<2>(partials, splits, h, w, xn, M, D, eps); break;
-    case 4: row_phase<4>(partials, splits, h, w, xn, M, D, eps); break;
-    default: row_phase<8>(partials, splits, h, w, xn, M, D, eps); break;
+    case 1: row_phase<1>(partials, splits, h, w, xn, M, D, eps, gate, shift); break;
+    case 2: row_phase<2>(partials, splits, h, w, xn, M, D, eps, gate, shift); break;
+    case 4: row_phase<4>(partials, splits, h, w, xn, M, D, eps, gate, shift); break;
+    default: row_phase<8>(partials, splits, h, w, xn, M, D, eps, gate, shift); break;
   }
 }
 #endif
@@ -304,7 +307,11 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   grid_barrier(p.barrier, target);
   stamp(timing, 2);
   // ---- R1 (and G4's RoPE table: cos, sin of every row's position and pair) ----
-  row_phase_any(p.partials, p.splits_o, h, p.ffn_norm, xn, M, D, p.eps);
+  const bool ada = p.mod_attn != nullptr;  // pi0.5: gated residuals, adaptive norms
+  if (ada)
+    row_phase_any(p.partials, p.splits_o, h, p.mod_ffn, xn, M, D, p.eps, p.mod_attn + 2 * D, p.mod_ffn + D);
+  else
+    row_phase_any(p.partials, p.splits_o, h, p.ffn_norm, xn, M, D, p.eps, nullptr, nullptr);
   if (has_qkv)  // from the last block down: the row phase's blocks are the first M
     for (int i = (grid - 1 - bid) * kThreads + tid; i < M * half; i += grid * kThreads) {
       float sn, cs;
@@ -336,7 +343,10 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   grid_barrier(p.barrier, target);
   stamp(timing, 8);
   // ---- R2 ----
-  row_phase_any(p.partials, p.splits_d, h, p.next_norm, xn, M, D, p.eps);
+  if (ada)
+    row_phase_any(p.partials, p.splits_d, h, p.next_mod, xn, M, D, p.eps, p.mod_ffn + 2 * D, p.next_mod + D);
+  else
+    row_phase_any(p.partials, p.splits_d, h, p.next_norm, xn, M, D, p.eps, nullptr, nullptr);
   stamp(timing, 9);
   grid_barrier(p.barrier, target, has_qkv);  // (kBarriers arrivals a launch either way)
   stamp(timing, 10);

@@ -108,10 +108,13 @@ struct BfVec<1> {
 // threads take VEC consecutive columns each: dim = VEC * blockDim.x; splits <= MAX_SPLITS. Every
 // split's loads are issued before the first add (a loop over a run-time count issued them one by one),
 // through L2 (__ldcg): in the block tail other blocks of the same launch wrote them.
+// pi0.5's adaRMS variant (gate and shift set, w the scale): h = bf16(h + bf16(sum) * gate) as
+// gated_residual computes it from the stored GEMM output, xn = rms_norm(h) * (1 + w) + shift.
 template <int VEC, int MAX_SPLITS, class TW>
 __device__ __forceinline__ void residual_rms_norm_row(const float* partials, int splits, int64_t split_stride,
                                                       bf16* h, const TW* w, bf16* xn, int64_t row, int dim,
-                                                      float eps) {
+                                                      float eps, const float* gate = nullptr,
+                                                      const float* shift = nullptr) {
   using V = typename BfVec<VEC>::T;
   const int c = threadIdx.x * VEC;
   const int64_t off = row * dim + c;
@@ -144,7 +147,10 @@ __device__ __forceinline__ void residual_rms_norm_row(const float* partials, int
   float v[VEC], ss = 0.f;
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
-    he[e] = __float2bfloat16(acc[e] + __bfloat162float(he[e]));
+    if (gate)
+      he[e] = __float2bfloat16(__bfloat162float(he[e]) + ld_rounded<bf16>(acc[e]) * gate[c + e]);
+    else
+      he[e] = __float2bfloat16(acc[e] + __bfloat162float(he[e]));
     v[e] = __bfloat162float(he[e]);
     ss += v[e] * v[e];
   }
@@ -153,7 +159,9 @@ __device__ __forceinline__ void residual_rms_norm_row(const float* partials, int
   V ov;
   bf16* oe = reinterpret_cast<bf16*>(&ov);
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) oe[e] = __float2bfloat16(v[e] * r * (1.f + ld(&w[c + e])));
+  for (int e = 0; e < VEC; ++e)
+    oe[e] = shift ? __float2bfloat16(v[e] * r * (1.f + ld(&w[c + e])) + shift[c + e])
+                  : __float2bfloat16(v[e] * r * (1.f + ld(&w[c + e])));
   *reinterpret_cast<V*>(xn + off) = ov;
 }
 

@@ -442,9 +442,13 @@ class CudaBackend final : public Backend {
     p.Ko = static_cast<int>(b.wo.dim(1));
     p.eps = b.eps;
     p.attn = b.attn.data, p.wo = b.wo.data, p.h = b.h.data;
-    p.ffn_norm = b.ffn_norm.ptr<float>();
+    if (b.mod_attn.empty()) {
+      p.ffn_norm = b.ffn_norm.ptr<float>();
+      p.next_norm = b.next_norm.ptr<float>();
+    } else {
+      p.mod_attn = b.mod_attn.ptr<float>(), p.mod_ffn = b.mod_ffn.ptr<float>(), p.next_mod = b.next_mod.ptr<float>();
+    }
     p.wgu = b.w_gate_up.data, p.wd = b.w_down.data;
-    p.next_norm = b.next_norm.ptr<float>();
     p.xn = b.xn.data, p.mlp = b.mlp.data;
     if (!b.next_qkv.empty()) {
       p.heads = b.heads, p.kv_heads = b.kv_heads, p.head_dim = b.head_dim;
@@ -467,8 +471,12 @@ class CudaBackend final : public Backend {
     auto bf = [](const Tensor& t) { return t.dtype == DType::BF16 && aligned16(t.data); };
     // F32 norm weights, as the model loads them (the kernel has no second copy for BF16: see block_tail.cu).
     auto normw = [&](const Tensor& t) { return t.dtype == DType::F32 && t.numel() == D; };
+    // pi0.5: F32 modulations [3D] (scale | shift | gate), 16-byte aligned.
+    auto modw = [&](const Tensor& t) { return t.dtype == DType::F32 && t.numel() == 3 * D && aligned16(t.data); };
+    const bool norms = b.mod_attn.empty() ? normw(b.ffn_norm) && normw(b.next_norm)
+                                          : modw(b.mod_attn) && modw(b.mod_ffn) && modw(b.next_mod);
     bool ok = D <= kTailMaxWidth && M <= 64 && bf(b.attn) && bf(b.wo) && bf(b.h) && bf(b.w_gate_up) &&
-              bf(b.w_down) && bf(b.xn) && bf(b.mlp) && normw(b.ffn_norm) && normw(b.next_norm) &&
+              bf(b.w_down) && bf(b.xn) && bf(b.mlp) && norms &&
               b.attn.numel() == M * Ko && b.wo.dim(0) == D && b.w_gate_up.dim(0) == 2 * F &&
               b.w_gate_up.dim(1) == D && b.w_down.dim(0) == D && b.xn.numel() == M * D && b.mlp.numel() >= M * F;
     int heads = 0, kv = 0, hd = 0;

@@ -107,6 +107,11 @@ struct BlockTailParams {
   const void* wgu = nullptr;                   // [2F, D] = [gate | up]
   const void* wd = nullptr;                    // [D, F]
   const float* next_norm = nullptr;            // [D]
+  // pi0.5 (adaRMS; mod_attn set): [3D] modulations (scale | shift | gate) of this layer's two norms and
+  // of the next norm; the residuals are gated (ops.h BlockTail). ffn_norm and next_norm unused then.
+  const float* mod_attn = nullptr;
+  const float* mod_ffn = nullptr;
+  const float* next_mod = nullptr;
   void* xn = nullptr;                          // [M, D]
   void* mlp = nullptr;                         // [M, F] scratch
   const void* wqkv = nullptr;                  // [(heads + 2 kv_heads) head_dim, D] or null
