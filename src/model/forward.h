@@ -89,10 +89,11 @@ struct GemmaCall {
   // pi0.5 (adaRMS) with a block tail: the modulation of the norm after this layer (the next layer's
   // mod_attn, or the final norm's), in place of next_attn_norm.
   Tensor next_mod;
-  // Block-tail chaining (pi0's expert with fused weights): `tail` runs everything after the
+  // Block-tail chaining (the action expert with fused weights): `tail` runs everything after the
   // attention as Backend::gemma_block_tail, which also computes the next layer's q and K/V rows
   // (into a.q, next_K, next_V) when next_w is set; qkv_ready says the previous layer did so for this
-  // one. Needs next_attn_norm (the next layer's pre-attention norm, or the final norm).
+  // one. Needs next_attn_norm (the next layer's pre-attention norm, or the final norm), or with
+  // adaRMS (pi0.5) next_mod.
   bool tail = false;
   const GemmaLayerW* next_w = nullptr;
   Tensor next_K, next_V;
