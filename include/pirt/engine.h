@@ -39,7 +39,7 @@ struct EngineOptions {
   bool own_small_gemm = true;    // CUDA: our small-M GEMM where the tuning table picked it (else cuBLASLt)
   bool fused_small_gemm = false; // CUDA: fused projections through our small-M GEMM (measured even)
   bool pdl = false;              // CUDA: programmatic dependent launch of our kernels (measured a loss)
-  bool block_kernel = true;      // CUDA: pi0's action-expert block tail as one persistent kernel (sm_90a)
+  bool block_kernel = true;      // CUDA: the action expert's block tail as one persistent kernel (sm_90a)
   bool wgmma_attention = true;   // CUDA: the prefix's attention on wgmma + TMA (sm_90a)
   std::string tuning_file;       // CUDA: GEMM algorithm per shape (pirt tune); "": bench/tuning/, "none": heuristic
 };

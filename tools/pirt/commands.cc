@@ -44,7 +44,7 @@ const char* kEngineFlagsHelp =
     "                           the one before (off by default: a loss on the H100)\n"
     "  --fused-small-gemm       the action expert's QKV+RoPE and output/down+residual+RMSNorm through\n"
     "                           our small-M GEMM, split sums added in the row kernel (off: even)\n"
-    "  --no-block-kernel        pi0's action expert as separate kernels, not one persistent kernel for\n"
+    "  --no-block-kernel        the action expert as separate kernels, not one persistent kernel for\n"
     "                           everything after each attention through the next layer's q, k, v\n"
     "  --no-wgmma-attention     the prefix's attention on the mma.sync flash kernel, not on wgmma\n"
 
