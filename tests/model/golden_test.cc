@@ -37,17 +37,18 @@ std::vector<std::string> golden_cases() {
 
 class Golden : public ::testing::TestWithParam<std::string> {
  protected:
-  // Runs `pirt infer` on this case and returns the actions and the reference's.
-  void infer(const std::string& device, HostTensor* got, HostTensor* want) {
+  // Runs `pirt infer` on this case (with extra flags) and returns the actions and the reference's.
+  void infer(const std::string& device, HostTensor* got, HostTensor* want, const std::string& flags = "") {
     const fs::path dir = fs::path(PIRT_TEST_DATA) / "golden" / GetParam();
     std::ifstream f(dir / "case.json");
     const nlohmann::json c = nlohmann::json::parse(f);
     const int steps = c.at("steps").get<int>();
     const fs::path model = fs::path(PIRT_TEST_DATA) / c.at("model").get<std::string>();
-    const fs::path out = fs::temp_directory_path() / ("pirt_golden_" + device + "_" + GetParam() + ".safetensors");
+    const fs::path out = fs::temp_directory_path() /
+                         ("pirt_golden_" + device + (flags.empty() ? "" : "_flags") + "_" + GetParam() + ".safetensors");
     const std::string cmd = std::string(PIRT_BINARY) + " infer --device " + device + " --model " + model.string() +
                             " --inputs " + (dir / "inputs.safetensors").string() + " --out " + out.string() +
-                            " --steps " + std::to_string(steps);
+                            " --steps " + std::to_string(steps) + (flags.empty() ? "" : " " + flags);
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     auto read = [](const fs::path& p) {
       const SafetensorsFile file = SafetensorsFile::open(p.string());
@@ -65,9 +66,8 @@ class Golden : public ::testing::TestWithParam<std::string> {
   }
 };
 
-TEST_P(Golden, PirtInferMatchesTheReference) {
-  HostTensor got, want;
-  ASSERT_NO_FATAL_FAILURE(infer("cpu", &got, &want));
+// The fp32 CPU engine within the golden tolerance (docs/numerics.md).
+void expect_golden(const std::string& name, const HostTensor& got, const HostTensor& want) {
   double ref_max = 0, err = 0;
   int64_t worst = 0;
   for (int64_t i = 0; i < want.numel(); ++i) {
@@ -82,8 +82,21 @@ TEST_P(Golden, PirtInferMatchesTheReference) {
   const double bound = kAtol + kRtol * ref_max;
   EXPECT_LE(err, bound) << "worst element " << worst << ": pirt " << got.ptr<float>()[worst] << ", reference "
                         << want.ptr<float>()[worst] << " (max |ref| " << ref_max << ")";
-  std::printf("[ golden   ] %s: max abs err %.3g (bound %.3g, max |ref| %.3g)\n", GetParam().c_str(), err, bound,
-              ref_max);
+  std::printf("[ golden   ] %s: max abs err %.3g (bound %.3g, max |ref| %.3g)\n", name.c_str(), err, bound, ref_max);
+}
+
+TEST_P(Golden, PirtInferMatchesTheReference) {
+  HostTensor got, want;
+  ASSERT_NO_FATAL_FAILURE(infer("cpu", &got, &want));
+  expect_golden(GetParam(), got, want);
+}
+
+// --no-fuse runs the layers op by op as the reference writes them: separate Q/K/V and gate/up, no
+// block tails, and pi0's action_in_proj not folded into action_time_mlp_in (docs/numerics.md).
+TEST_P(Golden, UnfusedPathMatchesTheReference) {
+  HostTensor got, want;
+  ASSERT_NO_FATAL_FAILURE(infer("cpu", &got, &want, "--no-fuse"));
+  expect_golden(GetParam() + " --no-fuse", got, want);
 }
 
 // The CUDA engine in bf16 against the same fp32 goldens. docs/numerics.md: openpi's own model in
