@@ -36,8 +36,9 @@ void fold_action_time(Backend& be, const TensorSource& get, Weights& w) {
              "action_in_proj.weight %s and action_time_mlp_in.weight %s do not fit together",
              wa.shape.str().c_str(), wi.shape.str().c_str());
   const int64_t W = wa.dim(0), A = wa.dim(1);
-  std::vector<double> a(W * A), acc(A);
+  std::vector<double> a(W * A), b_a(W), acc(A);
   for (int64_t i = 0; i < W * A; ++i) a[i] = load_f32(wa, i);
+  for (int64_t k = 0; k < W; ++k) b_a[k] = load_f32(ba, k);
   HostTensor fold(DType::F32, {W, A}), bias(DType::F32, {W}), wt(DType::F32, {W, W});
   for (int64_t i = 0; i < W; ++i) {
     std::fill(acc.begin(), acc.end(), 0.0);
@@ -45,7 +46,7 @@ void fold_action_time(Backend& be, const TensorSource& get, Weights& w) {
     for (int64_t k = 0; k < W; ++k) {
       const double x = load_f32(wi, i * 2 * W + k);
       for (int64_t j = 0; j < A; ++j) acc[j] += x * a[k * A + j];
-      b += x * load_f32(ba, k);
+      b += x * b_a[k];
       wt.ptr<float>()[i * W + k] = load_f32(wi, i * 2 * W + W + k);
     }
     for (int64_t j = 0; j < A; ++j) fold.ptr<float>()[i * A + j] = static_cast<float>(acc[j]);

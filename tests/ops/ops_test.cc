@@ -528,23 +528,32 @@ std::vector<OpCase> all_cases() {
   // The block tail at pi0's expert shapes (width 1024, mlp 4096, 8 x 256 attention, 1 KV head).
   // Output, flat: h [t, 1024] (starts random), xn [t, 1024], then (with the next QKV) q [t, 2048],
   // k [t, 256], v [t, 256].
-  auto block_tail = [](const std::string& name, int64_t t, bool next_qkv) {
+  // ada: pi0.5's block tail (adaRMS): the norms' weights become [3D] modulations (scale | shift |
+  // gate; a third, next_mod, for the norm after the layer) and the residuals are gated. Two more bf16
+  // roundings (each GEMM's y before the gated add) than the plain tail: kChain still holds (its
+  // derivation counts six at 4x margin).
+  auto block_tail = [](const std::string& name, int64_t t, bool next_qkv, bool ada = false) {
+    const int64_t nw = ada ? 3 * 1024 : 1024;  // a norm's weights or modulations
+    const float sw = ada ? 0.3f : 0.2f;
+    const int32_t pos0 = ada ? 560 : 816;
     return simple_case(
         name, kChain,
         [=](std::mt19937& r) {
           std::vector<int32_t> pos;
-          for (int64_t i = 0; i < t; ++i) pos.push_back(816 + static_cast<int32_t>(i));
-          return std::vector<Arg>{{randn({t, 2048}, r), Role::Act},
-                                  {randn({1024, 2048}, r, 1.f / std::sqrt(2048.f)), Role::Mat},
-                                  {randn({1024}, r, 0.2f), Role::F32},
-                                  {randn({8192, 1024}, r, 1.f / 32), Role::Mat},
-                                  {randn({1024, 4096}, r, 1.f / 64), Role::Mat},
-                                  {randn({1024}, r, 0.2f), Role::F32},
-                                  {randn({2560, 1024}, r, 1.f / 32), Role::Mat},
-                                  {i32({t}, pos), Role::I32}};
+          for (int64_t i = 0; i < t; ++i) pos.push_back(pos0 + static_cast<int32_t>(i));
+          std::vector<Arg> in{{randn({t, 2048}, r), Role::Act},
+                              {randn({1024, 2048}, r, 1.f / std::sqrt(2048.f)), Role::Mat},
+                              {randn({nw}, r, sw), Role::F32},  // ffn_norm, or mod_attn
+                              {randn({8192, 1024}, r, 1.f / 32), Role::Mat},
+                              {randn({1024, 4096}, r, 1.f / 64), Role::Mat},
+                              {randn({nw}, r, sw), Role::F32}};  // next_norm, or mod_ffn
+          if (ada) in.push_back({randn({nw}, r, sw), Role::F32});  // next_mod
+          in.push_back({randn({2560, 1024}, r, 1.f / 32), Role::Mat});
+          in.push_back({i32({t}, pos), Role::I32});
+          return in;
         },
         [=](const std::vector<Arg>&) {
-          std::mt19937 r2(78);
+          std::mt19937 r2(ada ? 79 : 78);
           HostTensor init = nans({t * (next_qkv ? 2048 + 2560 : 2048)});
           const HostTensor h = randn({t, 1024}, r2);
           std::memcpy(init.ptr<float>(), h.ptr<float>(), h.view().nbytes());
@@ -552,14 +561,19 @@ std::vector<OpCase> all_cases() {
         },
         [=](Backend& be, const std::vector<Tensor>& in, const Tensor& o) {
           const Tensor flat = o.reshape(Shape{o.numel()});
+          const size_t x = ada ? 1 : 0;  // the inputs after next_mod move by one
           BlockTail b{.attn = in[0], .wo = in[1], .h = flat.rows(0, t * 1024).reshape(Shape{t, 1024}),
-                      .ffn_norm = in[2], .w_gate_up = in[3], .w_down = in[4], .next_norm = in[5],
-                      .xn = flat.rows(t * 1024, t * 1024).reshape(Shape{t, 1024}),
+                      .ffn_norm = ada ? Tensor{} : in[2], .w_gate_up = in[3], .w_down = in[4],
+                      .next_norm = ada ? Tensor{} : in[5], .xn = flat.rows(t * 1024, t * 1024).reshape(Shape{t, 1024}),
                       .gu = be.alloc(be.act_dtype(), Shape{t, 8192}), .mlp = be.alloc(be.act_dtype(), Shape{t, 4096})};
+          if (ada) {
+            b.mod_attn = in[2], b.mod_ffn = in[5], b.next_mod = in[6];
+            b.y = be.alloc(be.act_dtype(), Shape{t, 1024});
+          }
           if (next_qkv) {
-            b.next_qkv = in[6];
+            b.next_qkv = in[6 + x];
             b.qkv = be.alloc(be.act_dtype(), Shape{t, 2560});
-            b.positions = in[7];
+            b.positions = in[7 + x];
             b.q = flat.rows(t * 2048, t * 2048).reshape(Shape{t, 2048});
             b.k = flat.rows(t * 4096, t * 256).reshape(Shape{t, 256});
             b.v = flat.rows(t * 4352, t * 256).reshape(Shape{t, 256});
@@ -571,50 +585,7 @@ std::vector<OpCase> all_cases() {
   c.push_back(block_tail("fused/expert_block_tail_51", 51, true));
   c.push_back(block_tail("fused/expert_block_tail_last_51", 51, false));
   c.push_back(block_tail("fused/expert_block_tail_h10", 11, true));
-  // pi0.5's block tail (adaRMS): the norms' weights become [3D] modulations (scale | shift | gate) and
-  // the residuals are gated. Output as above, with the next QKV. Two more bf16 roundings (each
-  // GEMM's y before the gated add) than the plain tail: kChain still holds (its derivation counts six
-  // at 4x margin).
-  auto block_tail_ada = [](const std::string& name, int64_t t) {
-    return simple_case(
-        name, kChain,
-        [=](std::mt19937& r) {
-          std::vector<int32_t> pos;
-          for (int64_t i = 0; i < t; ++i) pos.push_back(560 + static_cast<int32_t>(i));
-          return std::vector<Arg>{{randn({t, 2048}, r), Role::Act},
-                                  {randn({1024, 2048}, r, 1.f / std::sqrt(2048.f)), Role::Mat},
-                                  {randn({3 * 1024}, r, 0.3f), Role::F32},  // mod_attn
-                                  {randn({8192, 1024}, r, 1.f / 32), Role::Mat},
-                                  {randn({1024, 4096}, r, 1.f / 64), Role::Mat},
-                                  {randn({3 * 1024}, r, 0.3f), Role::F32},  // mod_ffn
-                                  {randn({3 * 1024}, r, 0.3f), Role::F32},  // next_mod
-                                  {randn({2560, 1024}, r, 1.f / 32), Role::Mat},
-                                  {i32({t}, pos), Role::I32}};
-        },
-        [=](const std::vector<Arg>&) {
-          std::mt19937 r2(79);
-          HostTensor init = nans({t * (2048 + 2560)});
-          const HostTensor h = randn({t, 1024}, r2);
-          std::memcpy(init.ptr<float>(), h.ptr<float>(), h.view().nbytes());
-          return Arg{init, Role::Act};
-        },
-        [=](Backend& be, const std::vector<Tensor>& in, const Tensor& o) {
-          const Tensor flat = o.reshape(Shape{o.numel()});
-          BlockTail b{.attn = in[0], .wo = in[1], .h = flat.rows(0, t * 1024).reshape(Shape{t, 1024}),
-                      .ffn_norm = {}, .w_gate_up = in[3], .w_down = in[4], .next_norm = {},
-                      .xn = flat.rows(t * 1024, t * 1024).reshape(Shape{t, 1024}),
-                      .gu = be.alloc(be.act_dtype(), Shape{t, 8192}), .mlp = be.alloc(be.act_dtype(), Shape{t, 4096}),
-                      .next_qkv = in[7], .qkv = be.alloc(be.act_dtype(), Shape{t, 2560}), .positions = in[8],
-                      .q = flat.rows(t * 2048, t * 2048).reshape(Shape{t, 2048}),
-                      .k = flat.rows(t * 4096, t * 256).reshape(Shape{t, 256}),
-                      .v = flat.rows(t * 4352, t * 256).reshape(Shape{t, 256}),
-                      .heads = 8, .kv_heads = 1, .head_dim = 256};
-          b.mod_attn = in[2], b.mod_ffn = in[5], b.next_mod = in[6];
-          b.y = be.alloc(be.act_dtype(), Shape{t, 1024});
-          be.gemma_block_tail(b);
-        });
-  };
-  c.push_back(block_tail_ada("fused/expert_block_tail_ada_50", 50));
+  c.push_back(block_tail("fused/expert_block_tail_ada_50", 50, true, true));
 
   // ---- attention ----
   {

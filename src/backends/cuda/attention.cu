@@ -189,15 +189,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
         tmax[h] = fmaxf(tmax[h], x);
       }
     float alpha[2], m_use[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
-      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
-      const float m_new = fmaxf(m_run[h], tmax[h]);
-      m_use[h] = m_new == -INFINITY ? 0.f : m_new;
-      alpha[h] = exp2f(m_run[h] - m_use[h]);  // 0 when m_run is -inf
-      m_run[h] = m_new;
-    }
+    online_softmax_max(tmax, m_run, m_use, alpha);
     float rsum[2] = {0.f, 0.f};
     uint32_t pa[kBK / 8][2];  // P as bf16 pairs: [n tile][row half]
 #pragma unroll
@@ -209,12 +201,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
       pa[nt][0] = pack_bf16x2(p0, p1);
       pa[nt][1] = pack_bf16x2(p2, p3);
     }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 1);
-      rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 2);
-      l_run[h] = l_run[h] * alpha[h] + rsum[h];
-    }
+    online_softmax_sum(rsum, alpha, l_run);
 #pragma unroll
     for (int i = 0; i < NT_O; ++i) {
       o[i][0] *= alpha[0];
@@ -616,12 +603,7 @@ __global__ void __launch_bounds__(RW * KQ * 32, RW * KQ <= 8 ? 2 : 1) attention_
       *reinterpret_cast<uint32_t*>(&sm.pm[(rg * 16 + g) * PST + col]) = pack_bf16x2(p0, p1);
       *reinterpret_cast<uint32_t*>(&sm.pm[(rg * 16 + g + 8) * PST + col]) = pack_bf16x2(p2, p3);
     }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 1);
-      rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 2);
-      l_run[h] = l_run[h] * alpha[h] + rsum[h];  // this warp's key half only
-    }
+    online_softmax_sum(rsum, alpha, l_run);  // (this warp's key part only)
 #pragma unroll
     for (int i = 0; i < NTH; ++i) {
       o[i][0] *= alpha[0];

@@ -160,15 +160,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
         }
       }
     float alpha[2], m_use[2];
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      tmax[hh] = fmaxf(tmax[hh], __shfl_xor_sync(0xffffffffu, tmax[hh], 1));
-      tmax[hh] = fmaxf(tmax[hh], __shfl_xor_sync(0xffffffffu, tmax[hh], 2));
-      const float m_new = fmaxf(m_run[hh], tmax[hh]);
-      m_use[hh] = m_new == -INFINITY ? 0.f : m_new;
-      alpha[hh] = exp2f(m_run[hh] - m_use[hh]);  // 0 when m_run is -inf
-      m_run[hh] = m_new;
-    }
+    online_softmax_max(tmax, m_run, m_use, alpha);
     // P = exp2(S - m) into shared memory (bf16, swizzled: 16-byte piece c / 8 of row r at (c / 8) ^ (r % 8)).
     float rsum[2] = {0.f, 0.f};
 #pragma unroll
@@ -180,12 +172,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
         const int r = 16 * w + g + 8 * hh;
         *reinterpret_cast<uint32_t*>(&sm.p[wg][r * 64 + ((j ^ (r & 7)) << 3) + 2 * t]) = pack_bf16x2(p0, p1);
       }
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 1);
-      rsum[hh] += __shfl_xor_sync(0xffffffffu, rsum[hh], 2);
-      l_run[hh] = l_run[hh] * alpha[hh] + rsum[hh];
-    }
+    online_softmax_sum(rsum, alpha, l_run);
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll

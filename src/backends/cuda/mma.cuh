@@ -1,5 +1,6 @@
 // Tensor-core and copy primitives (sm_80+ PTX, all run on sm_90): the bf16 mma.sync m16n8k16 with
-// fp32 accumulators, ldmatrix, cp.async and a streaming 16-byte global load.
+// fp32 accumulators, ldmatrix, cp.async and a streaming 16-byte global load; flash attention's
+// online softmax on accumulator fragments.
 //
 // Fragment layouts of mma.m16n8k16 (PTX ISA), lane = 4*g + t:
 //   A 16x16 (row): reg0 = A[g][2t..2t+1], reg1 = A[g+8][2t..], reg2 = A[g][2t+8..], reg3 = A[g+8][2t+8..]
@@ -69,6 +70,34 @@ __device__ __forceinline__ uint4 ld_stream16(const void* p) {
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower 16 bits)
   return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Flash attention's online softmax for the two rows a thread holds in an mma.sync or wgmma
+// accumulator fragment (rows g and g + 8 of its 16; each row spread over the 4 threads of a quad).
+// Scores are already scaled by scale * log2(e) and masked keys are -inf.
+// online_softmax_max: tmax is this tile's max over the thread's own scores of each row; it becomes
+// the quad's. Updates the running max m_run and gives the max to subtract (m_use: 0 for a row that
+// has seen no key) and the factor alpha that rescales the earlier sums (0 when m_run was -inf).
+__device__ __forceinline__ void online_softmax_max(float* tmax, float* m_run, float* m_use, float* alpha) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
+    tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
+    const float m_new = fmaxf(m_run[h], tmax[h]);
+    m_use[h] = m_new == -INFINITY ? 0.f : m_new;
+    alpha[h] = exp2f(m_run[h] - m_use[h]);
+    m_run[h] = m_new;
+  }
+}
+// online_softmax_sum: rsum is this tile's sum over the thread's own probabilities of each row; adds
+// the quad's to the running sum l_run, rescaled by alpha.
+__device__ __forceinline__ void online_softmax_sum(float* rsum, const float* alpha, float* l_run) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 1);
+    rsum[h] += __shfl_xor_sync(0xffffffffu, rsum[h], 2);
+    l_run[h] = l_run[h] * alpha[h] + rsum[h];
+  }
 }
 
 }  // namespace pirt::cuda
