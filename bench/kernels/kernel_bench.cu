@@ -6,7 +6,7 @@
 //   nvcc -std=c++20 -O2 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Isrc \
 //     bench/kernels/kernel_bench.cu build-cuda/libpirt_cuda.a build-cuda/libpirt_io.a build-cuda/libpirt_core.a -lcublasLt \
 //     -o build-cuda/kernel_bench
-// Run: build-cuda/kernel_bench [--quick | --attention (attention only) | --block-tail | --profile]. Every time is the median over replays of a CUDA graph of
+// Run: build-cuda/kernel_bench [--quick | --attention (attention only) | --block-tail | --action-step | --profile]. Every time is the median over replays of a CUDA graph of
 // 20 calls, per call. TB/s counts weight bytes (GEMM) or q+k+v+out bytes (attention).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -530,6 +530,57 @@ void bench_block_tail(cudaStream_t s, int sms) {
   }
 }
 
+// --action-step: the step-boundary kernel at pi0's shapes (update + embed), in a graph of 10 launches
+// (weights in L2), then the phase timeline of one launch after L2 was flushed (as after a step's
+// 0.62 GB of expert weights).
+void bench_action_step(cudaStream_t s, int sms) {
+  const int T = 51, H = 50, A = 32, D = 1024;
+  ActionStepParams p;
+  p.T = T, p.H = H, p.A = A, p.W = D, p.D = D, p.dt = -0.1f;
+  auto zeros = [](size_t n) {
+    void* q = dmalloc(n * 4);
+    CUDA_CHECK(cudaMemset(q, 0, n * 4));
+    return static_cast<float*>(q);
+  };
+  void* xn = dmalloc((size_t)T * D * 2);
+  fill(xn, (size_t)T * D, 1, 1.f);
+  p.xn = xn, p.xn_out = xn, p.hs = dmalloc((size_t)T * D * 2);
+  p.w_out = zeros((size_t)A * D), p.b_out = zeros(A), p.x = zeros((size_t)H * A);
+  p.w_in = zeros((size_t)D * A), p.b_in = zeros(D), p.u = zeros((size_t)H * D);
+  p.w_mlp = zeros((size_t)D * D), p.b_mlp = zeros(D), p.tok = zeros((size_t)T * D), p.norm_w = zeros(D);
+  p.partials = zeros((size_t)kMaxActionSplits * H * D);
+  p.barrier = static_cast<unsigned long long*>(dmalloc(256));
+  CUDA_CHECK(cudaMemset(p.barrier, 0, 256));
+  const double us = time_graph(s, 10, [&] {
+    for (int i = 0; i < 10; ++i) action_step(p, sms, s);
+  });
+  std::printf("action step (update + embed, pi0): %.2f us a call (weights in L2)\n", us);
+  auto* timing = static_cast<unsigned long long*>(dmalloc((size_t)sms * kActionStamps * 8));
+  void* flush = dmalloc(256u << 20);
+  for (int rep = 0; rep < 3; ++rep) {
+    CUDA_CHECK(cudaMemsetAsync(flush, rep, 256u << 20, s));
+    ActionStepParams pt = p;
+    pt.timing = timing;
+    action_step(pt, sms, s);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  std::vector<unsigned long long> t((size_t)sms * kActionStamps);
+  CUDA_CHECK(cudaMemcpy(t.data(), timing, t.size() * 8, cudaMemcpyDeviceToHost));
+  unsigned long long t0 = ~0ull;
+  for (int b = 0; b < sms; ++b) t0 = std::min(t0, t[(size_t)b * kActionStamps]);
+  const char* names[kActionStamps] = {"enter", "P1 update done", "barrier 1", "P2 embed done",
+                                      "barrier 2", "P3 mlp done", "barrier 3", "R norm done"};
+  std::printf("  phase timeline after an L2 flush (us after the first block entered): min / mean / max over %d blocks\n", sms);
+  for (int k2 = 0; k2 < kActionStamps; ++k2) {
+    double mn = 1e30, mx = 0, sum = 0;
+    for (int b = 0; b < sms; ++b) {
+      const double x = (double)(t[(size_t)b * kActionStamps + k2] - t0) / 1000.0;
+      mn = std::min(mn, x), mx = std::max(mx, x), sum += x;
+    }
+    std::printf("  %-18s %8.2f %8.2f %8.2f\n", names[k2], mn, sum / sms, mx);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -546,6 +597,10 @@ int main(int argc, char** argv) {
       int* pc = static_cast<int*>(dmalloc(16384 * 4));
       CUDA_CHECK(cudaMemset(pc, 0, 16384 * 4));
       profile_once(s, pws, pc, prop.multiProcessorCount);
+      return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--action-step") == 0) {
+      bench_action_step(s, prop.multiProcessorCount);
       return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--block-tail") == 0) {

@@ -38,6 +38,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, [[maybe_unused]
     co.fused_small_gemm = opt.fused_small_gemm;
     co.block_kernel = opt.block_kernel;
     co.wgmma_attention = opt.wgmma_attention;
+    co.step_kernel = opt.step_kernel;
     co.tuning_file = opt.tuning_file;
     return make_cuda_backend(co);
   }

@@ -223,10 +223,33 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
   // pi0's state token, state_proj(state): the same in every step, so computed once (row 0 of tok,
   // which the steps below never write).
   if (!c.pi05()) be.linear(p.state, w.state_proj.w, w.state_proj.b, p.tok.rows(0, 1));
+  // With pi0's folded action MLP, or pi0.5, each step ends with one Backend::action_step: the Euler
+  // update and the next step's embed_suffix and first norm (the CUDA backend: one kernel).
+  // (Not with --no-fuse: the unfused weights keep the literal op sequence.)
+  const bool fused_step = c.pi05() ? !w.expert[0].qkv.empty() : !w.action_time_fold.w.empty();
+  auto step_embed = [&](ActionStep& a, int s) {
+    a.w_in = c.pi05() ? w.action_in.w : w.action_time_fold.w;
+    a.b_in = c.pi05() ? w.action_in.b : p.time_bias.rows(s, 1).reshape(Shape{c.expert.width});
+    if (!c.pi05()) a.u = p.u, a.w_mlp = w.action_time_out.w, a.b_mlp = w.action_time_out.b;
+    a.tok = p.tok, a.hs = p.hs, a.xn = p.suf.xn.rows(0, T);
+    if (c.pi05())
+      a.mod = p.mods.rows(s * per_step, 1);
+    else
+      a.norm_w = w.expert[0].attn_norm;
+    a.eps = kNormEps;
+  };
+  if (fused_step) {
+    be.stage("step 0");
+    ActionStep a{.x = p.x};
+    step_embed(a, 0);
+    be.action_step(a);
+  }
   for (int s = 0; s < p.steps; ++s) {
     be.stage("step " + std::to_string(s));
     // embed_suffix
-    if (!c.pi05()) {
+    if (fused_step) {
+      // (done by the action_step before this step)
+    } else if (!c.pi05()) {
       // [state_tok, action_time], action_time = mlp_out(swish(mlp_in([action_in_proj(x_t), time_emb])))
       if (!w.action_time_fold.w.empty()) {  // (folded: weights.h)
         be.linear(p.x, w.action_time_fold.w, p.time_bias.rows(s, 1).reshape(Shape{c.expert.width}), p.u);
@@ -241,7 +264,7 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
       // action tokens = action_in_proj(x_t); time enters through adaRMS
       be.linear(p.x, w.action_in.w, w.action_in.b, p.tok);
     }
-    be.cast(p.tok, p.hs);  // hidden states enter the trunk in its dtype
+    if (!fused_step) be.cast(p.tok, p.hs);  // hidden states enter the trunk in its dtype
 
     // the action expert over [prefix cache | suffix], layer by layer
     const Tensor mods = c.pi05() ? p.mods.rows(s * per_step, per_step) : Tensor{};
@@ -260,7 +283,7 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
                                 .mod_attn = c.pi05() ? mods.rows(2 * l, 1) : Tensor{},
                                 .mod_ffn = c.pi05() ? mods.rows(2 * l + 1, 1) : Tensor{},
                                 .next_attn_norm = !chain ? Tensor{} : last ? w.expert_norm : w.expert[l + 1].attn_norm,
-                                .xn_ready = chain && l > 0,
+                                .xn_ready = l > 0 ? chain : fused_step,
                                 .next_mod = c.pi05() && tail ? mods.rows(last ? per_step - 1 : 2 * (l + 1), 1) : Tensor{},
                                 .tail = tail,
                                 .next_w = tail && !last ? &w.expert[l + 1] : nullptr,
@@ -273,9 +296,16 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
     const Tensor xn = p.suf.xn.rows(0, T);
     if (c.pi05() && !tail)
       be.ada_rms_norm(p.hs, mods.rows(per_step - 1, 1), kNormEps, xn);
-    be.cast(xn.rows(T - H, H), p.out_f32);
-    be.linear(p.out_f32, w.action_out.w, w.action_out.b, p.v);
-    be.axpy(p.x, p.v, dt);
+    if (fused_step) {
+      ActionStep a{.xn = xn, .xf = p.out_f32, .w_out = w.action_out.w, .b_out = w.action_out.b, .x = p.x, .v = p.v,
+                   .dt = dt};
+      if (s + 1 < p.steps) step_embed(a, s + 1);
+      be.action_step(a);
+    } else {
+      be.cast(xn.rows(T - H, H), p.out_f32);
+      be.linear(p.out_f32, w.action_out.w, w.action_out.b, p.v);
+      be.axpy(p.x, p.v, dt);
+    }
   }
 }
 

@@ -58,6 +58,26 @@ struct BlockTail {
   Tensor mod_attn, mod_ffn, next_mod, y;  // adaRMS (above); empty: plain RMSNorms
 };
 
+// The action expert's boundary between two flow-matching steps (pi0.py sample_actions: the end of
+// one step and the next step's embed_suffix), for Backend::action_step. Either half may be absent.
+// update (w_out set): the velocity of the last H rows of the final norm's output, and the Euler step
+//   v = f32(xn[T-H:]) . w_out^T + b_out;  x += dt * v          (x F32 [H, A], v F32 [H, A] scratch)
+// embed (w_in set): the next step's suffix tokens and the first layer's pre-attention norm
+//   e = x . w_in^T + b_in                  ([H, W]; pi0: the folded action_time_mlp_in with the
+//                                            step's time bias, weights.h; pi0.5: action_in_proj)
+//   pi0 (w_mlp set): tok[T-H:] = silu(e) . w_mlp^T + b_mlp   (u = silu(e) F32 [H, W] scratch)
+//   pi0.5 (w_mlp empty): tok = e  (T = H)
+//   hs = cast(tok)  (rows [0, T-H): pi0's state token, computed once by the caller);
+//   xn = rms_norm(hs, norm_w), or ada_rms_norm(hs, mod) when mod is set.
+// xf (F32 [H, W]) is scratch for the cast in front of w_out; a fused implementation may leave xf, v
+// and u unwritten.
+struct ActionStep {
+  Tensor xn, xf, w_out, b_out, x, v;
+  float dt = 0.f;
+  Tensor w_in, b_in, u, w_mlp, b_mlp, tok, hs, norm_w, mod;
+  float eps = 1e-6f;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -154,6 +174,30 @@ class Backend {
                                         float eps, const Tensor& xn) {
     linear(x, w, {}, h, Epilogue::None, h);
     rms_norm(h, norm_w, eps, xn);
+  }
+  // ActionStep (above): the ops one after another by default; the CUDA backend runs it as one
+  // persistent kernel.
+  virtual void action_step(const ActionStep& a) {
+    if (!a.w_out.empty()) {
+      const int64_t T = a.xn.dim(0), H = a.x.dim(0);
+      cast(a.xn.rows(T - H, H), a.xf);
+      linear(a.xf, a.w_out, a.b_out, a.v);
+      axpy(a.x, a.v, a.dt);
+    }
+    if (a.w_in.empty()) return;
+    const int64_t T = a.tok.dim(0), H = a.x.dim(0);
+    if (!a.w_mlp.empty()) {
+      linear(a.x, a.w_in, a.b_in, a.u);
+      silu(a.u, a.u);
+      linear(a.u, a.w_mlp, a.b_mlp, a.tok.rows(T - H, H));
+    } else {
+      linear(a.x, a.w_in, a.b_in, a.tok);
+    }
+    cast(a.tok, a.hs);
+    if (a.mod.empty())
+      rms_norm(a.hs, a.norm_w, a.eps, a.xn);
+    else
+      ada_rms_norm(a.hs, a.mod, a.eps, a.xn);
   }
   // BlockTail (above): the ops one after another by default; the CUDA backend runs it as one
   // persistent kernel for few rows (the action steps).

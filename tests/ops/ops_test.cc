@@ -5,11 +5,11 @@
 // The CPU computes in fp32. Every output is poisoned (NaN) before the op, so an element a kernel
 // forgets to write fails the test.
 //
-// Tolerance (also in docs/cuda.md). u = 2^-9 is the unit roundoff of bf16 (eps_bf16 = 2^-8). An
+// Tolerance (also in docs/cuda.md). u = 2^-8 is the unit roundoff of bf16 (8 significant bits). An
 // element passes when |cuda - cpu| <= rtol * |cpu| + atol * rms(cpu); the worst ratio is printed.
 // - bf16 output of fp32 math (norms, activations, casts, RoPE, GEMMs): one rounding of the result,
 //   at most u|r|; fp32 reordering (GEMM accumulation, K up to 16384) is ~1e-5 relative.
-//   rtol = 2u = 2^-8, atol = 2^-12 (covers reordering and near-zero cancellation).
+//   rtol = u = 2^-8, atol = 2^-12 (covers reordering and near-zero cancellation).
 // - GEMM with a residual (h += x W^T): cuBLASLt rounds the product to bf16 before adding C (seen on
 //   H100 with its Hopper kernels, split-K or not), as openpi's own bf16 residual stream does
 //   (x + bf16(attn)): an extra error up to u|x W^T| <= u max|x W^T|, which is not relative to a
@@ -28,8 +28,16 @@
 // - the block tail (ops.h gemma_block_tail: output projection, norm, GeGLU MLP, norm, the next
 //   QKV + RoPE): the CUDA path rounds to bf16 at six points the CPU does not (h, xn, gate / up, mlp,
 //   h, qkv), each an error of std u/sqrt(3) relative that the random unit-gain weights carry forward:
-//   about sqrt(6) u/sqrt(3) = 2^-9.3 of rms(out) at the end (1 sigma); the largest of ~2e5 elements
-//   is ~4.5 sigma = 2^-7.1: rtol = 2^-8, atol = 2^-5 (4x margin; a wrong tile or split is O(1)).
+//   about sqrt(6) u/sqrt(3) = 2^-7.5 of rms(out) at the end (1 sigma; an upper estimate, as a
+//   rounding's relative error averages below u/sqrt(3) over a binade); the largest of ~2e5 elements
+//   is ~4.5 sigma = 2^-5.3: rtol = 2^-8, atol = 2^-5 (measured worst on the H100: 0.53-0.68 of the
+//   bound; a wrong tile or split is O(1)).
+// - the step boundary (ops.h action_step) with an embed: hs = bf16(tok) and xn = bf16(norm(hs)) are two
+//   roundings where the CPU has none, at most u each (the norm's scale, from the rounded hs, moves by
+//   ~u/sqrt(D)); the fp32 GEMMs before them only reorder: rtol = 2u = 2^-7, atol = 2^-12. pi0.5's
+//   adaRMS adds its shift after the scaled hs, so hs's rounding is an absolute error of up to
+//   u |hs r (1 + scale)|, which cancellation against the shift does not shrink: atol = 2^-5 (terms
+//   up to 8 rms(out)). Without the embed (the Euler update alone) every value is fp32: kF32.
 // Cases whose CPU cost would be large compare a window of the output (first and last columns of a
 // GEMM, every k-th query of an attention): the CUDA op still runs at full size.
 #include <gtest/gtest.h>
@@ -83,6 +91,8 @@ constexpr Tol kGelu{1.f / 256, 1.f / 256};
 constexpr Tol kF32{1e-5f, 1e-5f};
 constexpr Tol kTf32{1.f / 256, 1.f / 256};
 constexpr Tol kChain{1.f / 256, 1.f / 32};
+constexpr Tol kTwoRound{1.f / 128, 1.f / 4096};
+constexpr Tol kTwoRoundShift{1.f / 128, 1.f / 32};
 // Per output row (one query head): the probability rounding error scales with that row's values.
 Tol attn_tol(int dh) { return {1.f / 256, 1.f / 64, dh}; }
 
@@ -586,6 +596,65 @@ std::vector<OpCase> all_cases() {
   c.push_back(block_tail("fused/expert_block_tail_last_51", 51, false));
   c.push_back(block_tail("fused/expert_block_tail_h10", 11, true));
   c.push_back(block_tail("fused/expert_block_tail_ada_50", 50, true, true));
+
+  // The boundary between two flow steps (ops.h action_step) at pi0's shapes: 50 actions of 32, width
+  // 1024, T = 51 suffix rows (the state token first); pi0.5: T = 50, adaRMS. update: the Euler step
+  // alone, output x (F32). embed / both: output [hs | xn] (xn starts as the final norm's output
+  // that the update reads).
+  auto action_step = [](const std::string& name, bool update, bool embed, bool pi05) {
+    const int64_t H = 50, A = 32, D = 1024, T = pi05 ? H : H + 1;
+    return simple_case(
+        name, !embed ? kF32 : pi05 ? kTwoRoundShift : kTwoRound,
+        [=](std::mt19937& r) {
+          HostTensor tok = nans({T, D});
+          if (!pi05) {  // the state token's row, as the caller leaves it
+            const HostTensor t0 = randn({1, D}, r, 0.5f);
+            std::memcpy(tok.ptr<float>(), t0.ptr<float>(), t0.view().nbytes());
+          }
+          return std::vector<Arg>{{randn({H, A}, r), Role::F32},                        // x
+                                  {randn({A, D}, r, 1.f / 32), Role::F32},               // w_out
+                                  {randn({A}, r, 0.1f), Role::F32},                      // b_out
+                                  {randn({D, A}, r, 1.f / std::sqrt(32.f)), Role::F32},  // w_in
+                                  {randn({D}, r, 0.3f), Role::F32},                      // b_in
+                                  {randn({D, D}, r, 1.f / 32), Role::F32},               // w_mlp
+                                  {randn({D}, r, 0.1f), Role::F32},                      // b_mlp
+                                  {tok, Role::F32},
+                                  {randn({pi05 ? 3 * D : D}, r, 0.3f), Role::F32},       // norm_w or mod
+                                  {randn({T, D}, r), Role::Act}};                         // xn (update only)
+        },
+        [=](const std::vector<Arg>& in) {
+          if (!embed) return Arg{to_f32(in[0].h), Role::F32};  // x, updated in place
+          HostTensor init = nans({2 * T * D});                  // [hs | xn], xn the update's input
+          std::memcpy(init.ptr<float>() + T * D, in[9].h.ptr<float>(), in[9].h.view().nbytes());
+          return Arg{init, Role::Act};
+        },
+        [=](Backend& be, const std::vector<Tensor>& in, const Tensor& o) {
+          const Tensor flat = o.reshape(Shape{o.numel()});
+          ActionStep a;
+          a.dt = -0.1f, a.eps = 1e-6f;
+          a.x = embed ? in[0] : o;
+          a.xn = embed ? flat.rows(T * D, T * D).reshape(Shape{T, D}) : in[9];
+          if (update) {
+            a.w_out = in[1], a.b_out = in[2];
+            a.xf = be.alloc(DType::F32, Shape{H, D}), a.v = be.alloc(DType::F32, Shape{H, A});
+          }
+          if (embed) {
+            a.w_in = in[3], a.b_in = in[4];
+            if (!pi05) a.u = be.alloc(DType::F32, Shape{H, D}), a.w_mlp = in[5], a.b_mlp = in[6];
+            a.tok = in[7];
+            a.hs = flat.rows(0, T * D).reshape(Shape{T, D});
+            if (pi05)
+              a.mod = in[8];
+            else
+              a.norm_w = in[8];
+          }
+          be.action_step(a);
+        });
+  };
+  c.push_back(action_step("fused/action_step_update", true, false, false));
+  c.push_back(action_step("fused/action_step_embed_pi0", false, true, false));
+  c.push_back(action_step("fused/action_step_pi0", true, true, false));
+  c.push_back(action_step("fused/action_step_pi05", true, true, true));
 
   // ---- attention ----
   {

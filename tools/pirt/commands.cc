@@ -29,6 +29,7 @@ EngineOptions engine_options(const Args& a) {
   o.pdl = a.flag("--pdl");
   o.fused_small_gemm = a.flag("--fused-small-gemm");
   o.block_kernel = !a.flag("--no-block-kernel");
+  o.step_kernel = !a.flag("--no-step-kernel");
   o.wgmma_attention = !a.flag("--no-wgmma-attention");
   o.tuning_file = a.str("--tuning");
   return o;
@@ -47,10 +48,12 @@ const char* kEngineFlagsHelp =
     "  --no-block-kernel        the action expert as separate kernels, not one persistent kernel for\n"
     "                           everything after each attention through the next layer's q, k, v\n"
     "  --no-wgmma-attention     the prefix's attention on the mma.sync flash kernel, not on wgmma\n"
+    "  --no-step-kernel         the Euler update and the next step's action embedding as separate\n"
+    "                           kernels, not one persistent kernel between two flow steps\n"
 
     "  --tuning FILE|none       GEMM algorithms per shape (pirt tune); default: bench/tuning/ for this GPU\n";
 const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm", "--pdl", "--fused-small-gemm",
-                                           "--no-block-kernel", "--no-wgmma-attention"};
+                                           "--no-block-kernel", "--no-wgmma-attention", "--no-step-kernel"};
 
 namespace {
 
@@ -224,7 +227,8 @@ int cmd_bench(int argc, char** argv) {
                           {"pdl", opt.pdl},
                           {"fused_small_gemm", opt.fused_small_gemm},
                           {"block_kernel", opt.block_kernel},
-                          {"wgmma_attention", opt.wgmma_attention}}}};
+                          {"wgmma_attention", opt.wgmma_attention},
+                          {"step_kernel", opt.step_kernel}}}};
     std::ofstream f(a.str("--json"));
     if (!f) throw_error("cannot write " + a.str("--json"));
     f << j.dump(2) << "\n";

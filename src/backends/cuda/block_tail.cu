@@ -132,47 +132,8 @@ __device__ void gemm_unit(Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx
   pp.g += nch;
 }
 
-// Grid barrier over all blocks (all resident) on one 64-bit counter that only grows: every block
-// adds 1 (release) and waits until the counter reaches its next multiple of the grid size (acquire):
-// one round trip to L2 each way, no last-arriver hop and no reset. Every launch arrives exactly
-// kBarriers times a block, so a launch's base is the counter at its start rounded down to a
-// multiple of kBarriers * grid (no block of this launch can have passed its first barrier yet).
+// Every launch arrives at the grid barrier (common.cuh) exactly kBarriers times a block.
 constexpr int kBarriers = 5;
-
-__device__ __forceinline__ unsigned long long barrier_base(const unsigned long long* ctr) {
-  unsigned long long v;
-  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];\n" : "=l"(v) : "l"(ctr) : "memory");
-  const unsigned long long per_launch = (unsigned long long)kBarriers * gridDim.x;
-  return v - v % per_launch;
-}
-
-// Arrives, and waits for every block unless `wait` is false (a launch's last arrival).
-// The block's writes are ordered before the release by __syncthreads (CTA scope) and the release's
-// cumulativity, as in CUTLASS's GenericBarrier; a full __threadfence() in front of it cost ~0.4 us a
-// barrier on the H100 (kernel_bench --block-tail, 39.7 -> 37.9 us a layer over five barriers).
-__device__ __forceinline__ void grid_barrier(unsigned long long* ctr, unsigned long long& target, bool wait = true) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    target += gridDim.x;
-    asm volatile("red.release.gpu.global.add.u64 [%0], 1;\n" ::"l"(ctr) : "memory");
-    if (wait) {
-      unsigned long long now;
-      do {
-        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];\n" : "=l"(now) : "l"(ctr) : "memory");
-      } while (now < target);
-    }
-  }
-  __syncthreads();
-}
-
-// kernel_bench's phase timeline: block b's globaltimer at point k.
-__device__ __forceinline__ void stamp(unsigned long long* timing, int k) {
-  if (timing && threadIdx.x == 0) {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
-    timing[blockIdx.x * kTailStamps + k] = t;
-  }
-}
 
 // A row phase: rows across the grid, a block a row (common.cuh residual_rms_norm_row), VEC = D / 256.
 // pi0.5 (adaRMS): gate and shift set, w the scale (common.cuh).
@@ -221,10 +182,10 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   bf16* mlp = static_cast<bf16*>(p.mlp);
 
   unsigned long long* timing = p.timing;
-  stamp(timing, 0);
+  stamp(timing, kTailStamps, 0);
   unsigned long long target = 0;
   if (tid == 0) {
-    target = barrier_base(p.barrier);
+    target = grid_barrier_base(p.barrier, kBarriers);
     for (int i = 0; i < kStages; ++i) mbar_init(full + i, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -303,9 +264,9 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
     gemm_unit<kSplitBN>(pp, mp + kWo, mp + kAttn, unit_split(u, ko_ch, p.splits_o), acc);
     store_partials(u);
   }
-  stamp(timing, 1);
+  stamp(timing, kTailStamps, 1);
   grid_barrier(p.barrier, target);
-  stamp(timing, 2);
+  stamp(timing, kTailStamps, 2);
   // ---- R1 (and G4's RoPE table: cos, sin of every row's position and pair) ----
   const bool ada = p.mod_attn != nullptr;  // pi0.5: gated residuals, adaptive norms
   if (ada)
@@ -318,9 +279,9 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
       rope_sincos(p.positions[i / half], i % half, p.head_dim, &sn, &cs);
       p.rope[i] = make_float2(cs, sn);
     }
-  stamp(timing, 3);
+  stamp(timing, kTailStamps, 3);
   grid_barrier(p.barrier, target);
-  stamp(timing, 4);
+  stamp(timing, kTailStamps, 4);
   // ---- G2: xn . [wg | wu]^T -> GeGLU -> mlp ----
 #pragma unroll 1
   for (int u = bid; u < units_gu; u += grid) {
@@ -330,26 +291,26 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
           pack_bf16x2(gelu_tanh(gt[0]) * up[0], gelu_tanh(gt[1]) * up[1]);
     });
   }
-  stamp(timing, 5);
+  stamp(timing, kTailStamps, 5);
   grid_barrier(p.barrier, target);
-  stamp(timing, 6);
+  stamp(timing, kTailStamps, 6);
   // ---- G3: mlp . wd^T -> partials ----
 #pragma unroll 1
   for (int u = bid; u < units_d; u += grid) {
     gemm_unit<kSplitBN>(pp, mp + kWd, mp + kMlp, unit_split(u, f_ch, p.splits_d), acc);
     store_partials(u);
   }
-  stamp(timing, 7);
+  stamp(timing, kTailStamps, 7);
   grid_barrier(p.barrier, target);
-  stamp(timing, 8);
+  stamp(timing, kTailStamps, 8);
   // ---- R2 ----
   if (ada)
     row_phase_any(p.partials, p.splits_d, h, p.next_mod, xn, M, D, p.eps, p.mod_ffn + 2 * D, p.next_mod + D);
   else
     row_phase_any(p.partials, p.splits_d, h, p.next_norm, xn, M, D, p.eps, nullptr, nullptr);
-  stamp(timing, 9);
+  stamp(timing, kTailStamps, 9);
   grid_barrier(p.barrier, target, has_qkv);  // (kBarriers arrivals a launch either way)
-  stamp(timing, 10);
+  stamp(timing, kTailStamps, 10);
   if (!has_qkv) return;
   // ---- G4: xn . wqkv^T -> RoPE -> q, k, v ----
 #pragma unroll 1
@@ -385,7 +346,7 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
       *reinterpret_cast<uint32_t*>(row + i + half) = pack_bf16x2(y2[0], y2[1]);
     });
   }
-  stamp(timing, 11);
+  stamp(timing, kTailStamps, 11);
 #endif
 }
 

@@ -37,6 +37,7 @@ constexpr size_t kPartialsBytes = 16ull << 20;  // small_gemm_partials' split su
 constexpr int kTailMaxWidth = 2048;              // the block tail's widest D (8 per thread)
 constexpr size_t kTailPartialsBytes = (size_t)kMaxBlockTailSplits * 64 * kTailMaxWidth * 4;  // 4 MB
 constexpr int kTailMaxHeadDim = 512;
+constexpr size_t kStepPartialsBytes = (size_t)kMaxActionSplits * 64 * kMaxActionWidth * 4;  // 4 MB
 constexpr size_t kTailRopeBytes = (size_t)64 * (kTailMaxHeadDim / 2) * 8;  // (cos, sin) a row and pair
 
 size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
@@ -74,6 +75,11 @@ class CudaBackend final : public Backend {
       tail_rope_ = raw_alloc(kTailRopeBytes);
       tail_barrier_ = static_cast<unsigned long long*>(raw_alloc(256));
       CUDA_CHECK(cudaMemset(tail_barrier_, 0, 256));
+    }
+    if (opt_.step_kernel) {
+      step_partials_ = static_cast<float*>(raw_alloc(kStepPartialsBytes));
+      step_barrier_ = static_cast<unsigned long long*>(raw_alloc(256));
+      CUDA_CHECK(cudaMemset(step_barrier_, 0, 256));
     }
   }
 
@@ -462,6 +468,71 @@ class CudaBackend final : public Backend {
     block_tail(p, num_sms_, stream_);
   }
 
+  // ---- the boundary between two flow steps as one persistent kernel (action_step.cu) ----
+  void action_step(const ActionStep& a) override {
+    if (!action_step_fits(a)) {
+      Backend::action_step(a);
+      return;
+    }
+    ActionStepParams p;
+    const bool embed = !a.w_in.empty();
+    p.H = static_cast<int>(a.x.dim(0));
+    p.A = static_cast<int>(a.x.dim(1));
+    p.T = static_cast<int>((embed ? a.tok : a.xn).dim(0));
+    p.D = static_cast<int>((embed ? a.tok : a.xn).dim(1));
+    p.W = embed ? static_cast<int>(a.w_in.dim(0)) : p.D;
+    p.dt = a.dt, p.eps = a.eps;
+    p.x = a.x.ptr<float>();
+    if (!a.w_out.empty()) {
+      p.xn = a.xn.data;
+      p.w_out = a.w_out.ptr<float>(), p.b_out = a.b_out.ptr<float>();
+    }
+    if (embed) {
+      p.w_in = a.w_in.ptr<float>(), p.b_in = a.b_in.ptr<float>();
+      if (!a.w_mlp.empty()) p.u = a.u.ptr<float>(), p.w_mlp = a.w_mlp.ptr<float>(), p.b_mlp = a.b_mlp.ptr<float>();
+      p.tok = a.tok.ptr<float>();
+      p.hs = a.hs.data;
+      if (a.mod.empty())
+        p.norm_w = a.norm_w.ptr<float>();
+      else
+        p.mod = a.mod.ptr<float>();
+      p.xn_out = a.xn.data;
+    }
+    p.partials = step_partials_;
+    p.barrier = step_barrier_;
+    cuda::action_step(p, num_sms_, stream_);
+  }
+
+  // Whether the step kernel takes these tensors (else the ops one after another): bf16 xn and hs,
+  // F32 everything else (the model's f32 islands), the shapes of ops.h ActionStep.
+  bool action_step_fits(const ActionStep& a) const {
+    if (!opt_.step_kernel || a.x.dtype != DType::F32 || a.x.shape.rank() != 2) return false;
+    const int64_t H = a.x.dim(0), A = a.x.dim(1);
+    auto f32 = [](const Tensor& t, int64_t n) { return t.dtype == DType::F32 && t.numel() == n; };
+    auto bf = [](const Tensor& t, int64_t n) { return t.dtype == DType::BF16 && t.numel() == n; };
+    int64_t T = 0, D = 0, W = 0;
+    bool ok = true;
+    if (!a.w_out.empty()) {
+      if (a.xn.shape.rank() != 2) return false;
+      T = a.xn.dim(0), D = a.xn.dim(1);
+      ok = ok && bf(a.xn, T * D) && f32(a.w_out, A * D) && f32(a.b_out, A) && T >= H;
+    }
+    if (!a.w_in.empty()) {
+      if (a.tok.shape.rank() != 2 || a.w_in.shape.rank() != 2) return false;
+      if (!a.w_out.empty() && (a.tok.dim(0) != T || a.tok.dim(1) != D)) return false;
+      T = a.tok.dim(0), D = a.tok.dim(1), W = a.w_in.dim(0);
+      ok = ok && f32(a.w_in, W * A) && f32(a.b_in, W) && f32(a.tok, T * D) && bf(a.hs, T * D) && bf(a.xn, T * D) &&
+           (a.mod.empty() ? f32(a.norm_w, D) : f32(a.mod, 3 * D));
+      if (!a.w_mlp.empty())
+        ok = ok && f32(a.u, H * W) && f32(a.w_mlp, D * W) && f32(a.b_mlp, D);
+      else
+        ok = ok && W == D && T == H;
+    }
+    auto al = [](const Tensor& t) { return t.empty() || aligned16(t.data); };  // (vector loads)
+    ok = ok && al(a.w_out) && al(a.w_in) && al(a.w_mlp) && al(a.u) && (a.w_out.empty() || aligned16(a.xn.data));
+    return ok && T > 0 && action_step_supported((int)T, (int)H, (int)A, (int)(W ? W : D), (int)D);
+  }
+
   // Whether the block tail's kernel takes these tensors (else the ops one after another).
   bool block_tail_fits(const BlockTail& b) const {
     if (!opt_.block_kernel || b.h.shape.rank() != 2 || b.wo.shape.rank() != 2 || b.w_down.shape.rank() != 2 ||
@@ -605,6 +676,8 @@ class CudaBackend final : public Backend {
   float* tail_partials_ = nullptr;  // the block tail's k-split sums
   void* tail_rope_ = nullptr;       // its RoPE table
   unsigned long long* tail_barrier_ = nullptr;  // its grid barrier's counter
+  float* step_partials_ = nullptr;                  // the step kernel's k-split sums
+  unsigned long long* step_barrier_ = nullptr;      // its grid barrier's counter
   std::vector<void*> blocks_;
   uint8_t* slab_ = nullptr;
   size_t slab_used_ = 0;

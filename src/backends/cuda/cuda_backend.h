@@ -33,6 +33,9 @@ struct CudaOptions {
   // The prefix's attention (many query rows, one KV head of 256) on wgmma + TMA (sm_90a build on
   // sm_90; attention_wgmma.cu); false: the flash kernel on mma.sync.
   bool wgmma_attention = true;
+  // The boundary between two flow steps (Euler update, the next action embedding and first norm) as
+  // one persistent kernel (ops.h action_step; action_step.cu); false: the ops one after another.
+  bool step_kernel = true;
   bool attention_clusters = true;  // key splits merged in a thread-block cluster; false: a merge kernel
   // Programmatic dependent launch of our kernels (sm_90+): each may start during the tail of the one
   // before. Off by default: with cuBLASLt between them it cost 1-4% end to end (bench/RESULTS.md).

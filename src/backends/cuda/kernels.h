@@ -128,6 +128,42 @@ constexpr int kTailStamps = 12;
 bool block_tail_supported(int M, int D, int F, int Ko, int heads, int kv_heads, int head_dim);
 void block_tail(BlockTailParams p, int num_sms, cudaStream_t s);
 
+// ---- the boundary between two flow-matching steps as one persistent kernel (action_step.cu) ----
+// Backend::action_step (ops.h): xn, hs bf16; everything else F32, row-major. w_out null: no update;
+// w_in null: no embed; w_mlp null: pi0.5's embed (tok = e, T = H). mod set: adaRMS ([3D]: scale |
+// shift | gate), else norm_w. partials: kMaxActionSplits * H * D floats (H <= kMaxActionRows).
+// One block per SM (cooperative launch).
+constexpr int kMaxActionWidth = 2048;
+constexpr int kMaxActionSplits = 8;
+constexpr int kMaxActionRows = 64;
+constexpr int kMaxActionDim = 64;
+struct ActionStepParams {
+  int T = 0, H = 0, A = 0, W = 0, D = 0;  // suffix rows (the last H are actions), action dim, widths of e and tok
+  int splits = 1;                          // set by action_step()
+  float dt = 0.f, eps = 1e-6f;
+  const void* xn = nullptr;                // [T, D]: the final norm's output
+  const float* w_out = nullptr;            // [A, D]
+  const float* b_out = nullptr;            // [A]
+  float* x = nullptr;                      // [H, A], updated in place
+  const float* w_in = nullptr;             // [W, A]
+  const float* b_in = nullptr;             // [W]
+  float* u = nullptr;                      // [H, W] scratch (pi0)
+  const float* w_mlp = nullptr;            // [D, W] (pi0)
+  const float* b_mlp = nullptr;            // [D]
+  float* tok = nullptr;                    // [T, D]
+  void* hs = nullptr;                      // [T, D]
+  const float* norm_w = nullptr;           // [D]
+  const float* mod = nullptr;              // [3D]
+  void* xn_out = nullptr;                  // [T, D] (may be xn)
+  float* partials = nullptr;
+  unsigned long long* barrier = nullptr;   // zeroed once; used by no other kernel
+  unsigned long long* timing = nullptr;    // kernel_bench: [grid][kActionStamps] globaltimer stamps
+};
+constexpr int kActionStamps = 8;
+// A and W multiples of 4, D of 8 (vector loads); xn, w_out, w_in, w_mlp, u 16-byte aligned.
+bool action_step_supported(int T, int H, int A, int W, int D);
+void action_step(ActionStepParams p, int num_sms, cudaStream_t s);
+
 // ---- attention (attention.cu) ----
 struct AttentionArgs {
   const void* q;  // [S, Tq, Hq, Dh] bf16
