@@ -175,6 +175,16 @@ class Backend {
     linear(x, w, {}, h, Epilogue::None, h);
     rms_norm(h, norm_w, eps, xn);
   }
+  // Plain multi-head attention (no mask, no RoPE, Hkv = H) straight from a fused projection: qkv
+  // [S*T, 3*H*Dh] holds q | k | v for each token (SigLIP). The default splits it into q, k, v
+  // ([S*T, H*Dh] scratch) and calls attention; a fused implementation may read them in place and
+  // leave q, k, v unwritten. out [S*T, H*Dh].
+  virtual void attention_qkv(const Tensor& qkv, int64_t S, int heads, int head_dim, float scale, const Tensor& q,
+                             const Tensor& k, const Tensor& v, const Tensor& out) {
+    qkv_rope(qkv, {}, heads, heads, head_dim, q, k, v);
+    const Shape hs{S, q.dim(0) / S, heads, head_dim};
+    attention(q.reshape(hs), k.reshape(hs), v.reshape(hs), AttentionMask{}, scale, out.reshape(hs));
+  }
   // ActionStep (above): the ops one after another by default; the CUDA backend runs it as one
   // persistent kernel.
   virtual void action_step(const ActionStep& a) {

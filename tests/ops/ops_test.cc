@@ -688,6 +688,17 @@ std::vector<OpCase> all_cases() {
     c.push_back(attention_case("attention/pi05_action_step", a));
   }
   c.push_back(attention_case("attention/siglip_3x16x256_d72", {3, 256, 256, 16, 16, 72, 1.f / std::sqrt(72.f)}));
+  // SigLIP's attention read in place from its fused projection (ops.h attention_qkv): 3 cameras x 256
+  // tokens, rows [q | k | v] of 3 x 16 x 72.
+  c.push_back(simple_case(
+      "attention/siglip_from_qkv", attn_tol(72),
+      [](std::mt19937& r) { return std::vector<Arg>{{randn({768, 3 * 1152}, r), Role::Act}}; },
+      [](const std::vector<Arg>&) { return Arg{nans({768, 1152}), Role::Act}; },
+      [](Backend& be, const std::vector<Tensor>& in, const Tensor& o) {
+        const Tensor q = be.alloc(be.act_dtype(), Shape{768, 1152}), k = be.alloc(be.act_dtype(), Shape{768, 1152}),
+                     v = be.alloc(be.act_dtype(), Shape{768, 1152});
+        be.attention_qkv(in[0], 3, 16, 72, 1.f / std::sqrt(72.f), q, k, v, o);
+      }));
   {  // the tiny model (head_dim 16) and an odd GQA shape with padded queries and keys.
     AttnSpec a{1, 100, 100, 8, 1, 16, 0.25f};
     for (int i = 0; i < 100; ++i) {

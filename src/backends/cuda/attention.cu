@@ -47,6 +47,7 @@ struct FastParams {
   float* ws_o;   // [S*Hkv][nsplit][R][DHP] (nsplit > 1)
   float* ws_ml;  // [S*Hkv][nsplit][R][2]
   int S, Tq, Tk, Hq, Hkv, dh, G, R;
+  int64_t q_stride, kv_stride;  // elements from one token's q (k, v) to the next's; out is contiguous
   int nsplit, tiles_per_split;
   float scale_log2;
   int debug = 0;  // split kernel, bench only: 1 no loads, 2 no mma, 4 no merge, 8 return at once
@@ -62,8 +63,13 @@ struct Smem {
   float ml[kBR][2];  // the cluster merge: each row's running max and sum
 };
 
-// Row r of the packed tile of KV head `kvh` in sequence s -> element offset of its head vector.
+// Row r of the packed tile of KV head `kvh` in sequence s -> element offset of its head vector in q,
+// and in out (contiguous).
 __device__ __forceinline__ int64_t q_offset(const FastParams& p, int s, int kvh, int r) {
+  const int t = r / p.G, g = r % p.G;
+  return ((int64_t)s * p.Tq + t) * p.q_stride + (int64_t)(kvh * p.G + g) * p.dh;
+}
+__device__ __forceinline__ int64_t out_offset(const FastParams& p, int s, int kvh, int r) {
   const int t = r / p.G, g = r % p.G;
   return (((int64_t)s * p.Tq + t) * p.Hq + kvh * p.G + g) * p.dh;
 }
@@ -78,7 +84,7 @@ __device__ __forceinline__ void load_tile(const FastParams& p, Smem<DHP>& sm, in
   for (int i = threadIdx.x; i < kBK * chunks; i += kWarps * 32) {
     const int kr = i / chunks, c = i % chunks, key = key0 + kr;
     const bool ok = key < key_end && c * 8 < p.dh;
-    const int64_t off = (((int64_t)s * p.Tk + (ok ? key : 0)) * p.Hkv + kvh) * p.dh + (ok ? c * 8 : 0);
+    const int64_t off = ((int64_t)s * p.Tk + (ok ? key : 0)) * p.kv_stride + (int64_t)kvh * p.dh + (ok ? c * 8 : 0);
     cp_async16(&dst[kr * Smem<DHP>::kStride + c * 8], src + off, ok ? 16 : 0);
   }
   if (IsK)
@@ -287,7 +293,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
           const float w = wts[rl][sp];
           acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
         }
-      bf16* dst = p.out + q_offset(p, s, kvh, row) + c;  // dh % 8 == 0: all 4 columns are inside
+      bf16* dst = p.out + out_offset(p, s, kvh, row) + c;  // dh % 8 == 0: all 4 columns are inside
       *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(acc.x, acc.y);
       *reinterpret_cast<uint32_t*>(dst + 2) = pack_bf16x2(acc.z, acc.w);
     }
@@ -301,7 +307,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
     if (row >= p.R) continue;
     if (p.nsplit == 1) {
       const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
-      bf16* dst = p.out + q_offset(p, s, kvh, row);
+      bf16* dst = p.out + out_offset(p, s, kvh, row);
 #pragma unroll
       for (int i = 0; i < NT_O; ++i) {
         const int col = i * 8 + 2 * t;
@@ -354,7 +360,7 @@ __global__ void merge_kernel(const FastParams p) {
     if (lane + 32 < p.nsplit) wgt[lane + 32] = w1 * inv;
   }
   __syncthreads();
-  bf16* dst = p.out + q_offset(p, s, kvh, row);
+  bf16* dst = p.out + out_offset(p, s, kvh, row);
   for (int c = threadIdx.x; c < p.dh; c += blockDim.x) {
     float acc = 0.f;
 #pragma unroll 8
@@ -466,7 +472,7 @@ __device__ __forceinline__ void split_load_tile(const FastParams& p, SplitSmem<D
   for (int i = threadIdx.x; i < kBK * chunks; i += NT) {
     const int kr = i / chunks, c = i % chunks, key = key0 + kr;
     const bool ok = key < key_end && c * 8 < p.dh;
-    const int64_t off = (((int64_t)s * p.Tk + (ok ? key : 0)) * p.Hkv + kvh) * p.dh + (ok ? c * 8 : 0);
+    const int64_t off = ((int64_t)s * p.Tk + (ok ? key : 0)) * p.kv_stride + (int64_t)kvh * p.dh + (ok ? c * 8 : 0);
     cp_async16(&dst[kr * ST + c * 8], src + off, ok ? 16 : 0);
   }
 }
@@ -649,7 +655,7 @@ __global__ void __launch_bounds__(RW * KQ * 32, RW * KQ <= 8 ? 2 : 1) attention_
 #pragma unroll
       for (int j = 0; j < KQ; ++j) l += sm.xsum[j][rl];
       const float inv = l > 0.f ? 1.f / l : 0.f;
-      bf16* dst = p.out + q_offset(p, s, kvh, row);
+      bf16* dst = p.out + out_offset(p, s, kvh, row);
 #pragma unroll
       for (int i = 0; i < NTH; ++i) {
         const int col = kh * HALF + i * 8 + 2 * t;
@@ -730,7 +736,7 @@ __global__ void __launch_bounds__(RW * KQ * 32, RW * KQ <= 8 ? 2 : 1) attention_
         const float w = wts[rl][sp];
         acc.x += w * v[sp].x, acc.y += w * v[sp].y, acc.z += w * v[sp].z, acc.w += w * v[sp].w;
       }
-    bf16* dst = p.out + q_offset(p, s, kvh, row) + c;  // dh % 8 == 0: all 4 columns are inside
+    bf16* dst = p.out + out_offset(p, s, kvh, row) + c;  // dh % 8 == 0: all 4 columns are inside
     *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(acc.x, acc.y);
     *reinterpret_cast<uint32_t*>(dst + 2) = pack_bf16x2(acc.z, acc.w);
   }
@@ -848,10 +854,17 @@ Plan choose_plan(const AttentionArgs& a, int num_sms, int force_splits, bool clu
 // ---- the simple kernel: one warp per (sequence, query, head), three passes over the keys ----
 constexpr int kRefMaxDh = 512;
 
+__host__ __device__ __forceinline__ int64_t q_stride(const AttentionArgs& a) {
+  return a.q_stride ? a.q_stride : (int64_t)a.Hq * a.Dh;
+}
+__host__ __device__ __forceinline__ int64_t kv_stride(const AttentionArgs& a) {
+  return a.kv_stride ? a.kv_stride : (int64_t)a.Hkv * a.Dh;
+}
+
 __device__ float ref_score(const AttentionArgs& a, int s, int tq, int h, int j) {
   const int kvh = h / (a.Hq / a.Hkv);
-  const bf16* q = static_cast<const bf16*>(a.q) + (((int64_t)s * a.Tq + tq) * a.Hq + h) * a.Dh;
-  const bf16* k = static_cast<const bf16*>(a.k) + (((int64_t)s * a.Tk + j) * a.Hkv + kvh) * a.Dh;
+  const bf16* q = static_cast<const bf16*>(a.q) + ((int64_t)s * a.Tq + tq) * q_stride(a) + (int64_t)h * a.Dh;
+  const bf16* k = static_cast<const bf16*>(a.k) + ((int64_t)s * a.Tk + j) * kv_stride(a) + (int64_t)kvh * a.Dh;
   float d = 0.f;
   for (int c = threadIdx.x & 31; c < a.Dh; c += 32) d += __bfloat162float(q[c]) * __bfloat162float(k[c]);
   return warp_sum(d) * a.scale;
@@ -877,7 +890,7 @@ __global__ void attention_reference_kernel(const AttentionArgs a) {
     for (int j = 0; j < a.Tk; ++j) {
       if (!visible(j)) continue;
       const float pr = __bfloat162float(__float2bfloat16(expf(ref_score(a, s, tq, h, j) - mx) / l));
-      const bf16* v = static_cast<const bf16*>(a.v) + (((int64_t)s * a.Tk + j) * a.Hkv + kvh) * a.Dh;
+      const bf16* v = static_cast<const bf16*>(a.v) + ((int64_t)s * a.Tk + j) * kv_stride(a) + (int64_t)kvh * a.Dh;
 #pragma unroll
       for (int i = 0; i < kRefMaxDh / 32; ++i) {
         const int c = lane + 32 * i;
@@ -917,7 +930,8 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
     return true;
   }
   if (reinterpret_cast<uintptr_t>(a.q) % 16 || reinterpret_cast<uintptr_t>(a.k) % 16 ||
-      reinterpret_cast<uintptr_t>(a.v) % 16 || reinterpret_cast<uintptr_t>(a.out) % 4)
+      reinterpret_cast<uintptr_t>(a.v) % 16 || reinterpret_cast<uintptr_t>(a.out) % 4 || q_stride(a) % 8 ||
+      kv_stride(a) % 8)
     return false;
   const int64_t need = attention_workspace_bytes(a, num_sms, force_splits, cluster);
   if (need > ws_bytes) return false;
@@ -937,6 +951,8 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
   p.dh = a.Dh;
   p.G = a.Hq / a.Hkv;
   p.R = a.Tq * p.G;
+  p.q_stride = q_stride(a);
+  p.kv_stride = kv_stride(a);
   const Split sp = pl.sp;
   p.nsplit = sp.nsplit;
   p.tiles_per_split = sp.tiles_per_split;

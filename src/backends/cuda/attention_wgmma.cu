@@ -248,6 +248,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 
 bool attention_wgmma_supported(const AttentionArgs& a) {
   return a.Dh == kDh && a.Hkv == 1 && a.Hq >= 1 && a.S >= 1 && a.Tq >= 1 && a.Tk >= 1 &&
+         (a.q_stride == 0 || a.q_stride == (int64_t)a.Hq * a.Dh) && (a.kv_stride == 0 || a.kv_stride == a.Dh) &&
          reinterpret_cast<uintptr_t>(a.q) % 16 == 0 && reinterpret_cast<uintptr_t>(a.k) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(a.v) % 16 == 0 && reinterpret_cast<uintptr_t>(a.out) % 4 == 0;
 }

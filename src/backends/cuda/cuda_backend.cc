@@ -598,6 +598,25 @@ class CudaBackend final : public Backend {
     attention_reference(a, stream_);
   }
 
+  // q, k and v read in place from the fused projection (the fast kernel's token strides); else the
+  // default split + attention.
+  void attention_qkv(const Tensor& qkv, int64_t S, int heads, int head_dim, float scale, const Tensor& q,
+                     const Tensor& k, const Tensor& v, const Tensor& out) override {
+    const int64_t width = (int64_t)heads * head_dim, M = out.numel() / std::max<int64_t>(width, 1);
+    if (opt_.fast_attention && qkv.dtype == DType::BF16 && out.dtype == DType::BF16 && S > 0 && M % S == 0 &&
+        qkv.numel() == 3 * M * width && out.numel() == M * width) {
+      AttentionArgs a;
+      const uint16_t* base = static_cast<const uint16_t*>(qkv.data);  // (bf16 elements)
+      a.q = base, a.k = base + width, a.v = base + 2 * width, a.out = out.data;
+      a.S = static_cast<int>(S), a.Tq = a.Tk = static_cast<int>(M / S), a.Hq = a.Hkv = heads, a.Dh = head_dim;
+      a.scale = scale;
+      a.q_stride = a.kv_stride = 3 * width;
+      if (attention_fast(a, attn_ws_, kAttentionWorkspace, num_sms_, stream_, 0, opt_.attention_clusters, false))
+        return;
+    }
+    Backend::attention_qkv(qkv, S, heads, head_dim, scale, q, k, v, out);
+  }
+
   // For tests and benchmarks of this backend (cuda_backend_internal.h).
   cudaStream_t stream() const { return stream_; }
 

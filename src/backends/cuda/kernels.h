@@ -174,6 +174,9 @@ struct AttentionArgs {
   const int32_t* k_block = nullptr;  // [S, Tk]
   int S, Tq, Tk, Hq, Hkv, Dh;
   float scale;
+  // Elements from one token's q (k and v) to the next's: 0 is contiguous (Hq * Dh, Hkv * Dh); larger
+  // reads q, k, v in place from a fused [q | k | v] projection. out is always contiguous.
+  int64_t q_stride = 0, kv_stride = 0;
 };
 // Workspace bytes the fast kernel needs for these sizes (split keys: partial outputs and stats).
 int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force_splits = 0, bool cluster = true);
