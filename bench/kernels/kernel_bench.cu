@@ -457,6 +457,25 @@ void bench_copy(cudaStream_t s) {
   cudaFree(b);
 }
 
+// A persistent kernel's phase timeline: stamps[block][k] (globaltimer ns) as us after the first block
+// entered, min / mean / max over the blocks.
+void print_timeline(const unsigned long long* timing, int sms, int stamps, const char* const* names,
+                    const char* when) {
+  std::vector<unsigned long long> t((size_t)sms * stamps);
+  CUDA_CHECK(cudaMemcpy(t.data(), timing, t.size() * 8, cudaMemcpyDeviceToHost));
+  unsigned long long t0 = ~0ull;
+  for (int b = 0; b < sms; ++b) t0 = std::min(t0, t[(size_t)b * stamps]);
+  std::printf("  phase timeline%s (us after the first block entered): min / mean / max over %d blocks\n", when, sms);
+  for (int k2 = 0; k2 < stamps; ++k2) {
+    double mn = 1e30, mx = 0, sum = 0;
+    for (int b = 0; b < sms; ++b) {
+      const double x = (double)(t[(size_t)b * stamps + k2] - t0) / 1000.0;
+      mn = std::min(mn, x), mx = std::max(mx, x), sum += x;
+    }
+    std::printf("  %-18s %8.2f %8.2f %8.2f\n", names[k2], mn, sum / sms, mx);
+  }
+}
+
 // --block-tail: the action expert's block tail kernel over 18 layers of pi0-sized weights (0.62 GB,
 // so they stream from HBM), then one layer's phase timeline (globaltimer stamps of every block).
 void bench_block_tail(cudaStream_t s, int sms) {
@@ -512,22 +531,10 @@ void bench_block_tail(cudaStream_t s, int sms) {
     block_tail(p, sms, s);
   }
   CUDA_CHECK(cudaStreamSynchronize(s));
-  std::vector<unsigned long long> t((size_t)sms * kTailStamps);
-  CUDA_CHECK(cudaMemcpy(t.data(), timing, t.size() * 8, cudaMemcpyDeviceToHost));
-  unsigned long long t0 = ~0ull;
-  for (int b = 0; b < sms; ++b) t0 = std::min(t0, t[(size_t)b * kTailStamps]);
   const char* names[kTailStamps] = {"enter",       "G1 out-proj done", "barrier 1", "R1 norm done",
                                     "barrier 2",   "G2 gate/up done",  "barrier 3", "G3 down done",
                                     "barrier 4",   "R2 norm done",     "barrier 5", "G4 qkv+rope done"};
-  std::printf("  phase timeline (us after the first block entered): min / mean / max over %d blocks\n", sms);
-  for (int k2 = 0; k2 < kTailStamps; ++k2) {
-    double mn = 1e30, mx = 0, sum = 0;
-    for (int b = 0; b < sms; ++b) {
-      const double x = (double)(t[(size_t)b * kTailStamps + k2] - t0) / 1000.0;
-      mn = std::min(mn, x), mx = std::max(mx, x), sum += x;
-    }
-    std::printf("  %-18s %8.2f %8.2f %8.2f\n", names[k2], mn, sum / sms, mx);
-  }
+  print_timeline(timing, sms, kTailStamps, names, "");
 }
 
 // --action-step: the step-boundary kernel at pi0's shapes (update + embed), in a graph of 10 launches
@@ -564,21 +571,9 @@ void bench_action_step(cudaStream_t s, int sms) {
     action_step(pt, sms, s);
   }
   CUDA_CHECK(cudaStreamSynchronize(s));
-  std::vector<unsigned long long> t((size_t)sms * kActionStamps);
-  CUDA_CHECK(cudaMemcpy(t.data(), timing, t.size() * 8, cudaMemcpyDeviceToHost));
-  unsigned long long t0 = ~0ull;
-  for (int b = 0; b < sms; ++b) t0 = std::min(t0, t[(size_t)b * kActionStamps]);
   const char* names[kActionStamps] = {"enter", "P1 update done", "barrier 1", "P2 embed done",
                                       "barrier 2", "P3 mlp done", "barrier 3", "R norm done"};
-  std::printf("  phase timeline after an L2 flush (us after the first block entered): min / mean / max over %d blocks\n", sms);
-  for (int k2 = 0; k2 < kActionStamps; ++k2) {
-    double mn = 1e30, mx = 0, sum = 0;
-    for (int b = 0; b < sms; ++b) {
-      const double x = (double)(t[(size_t)b * kActionStamps + k2] - t0) / 1000.0;
-      mn = std::min(mn, x), mx = std::max(mx, x), sum += x;
-    }
-    std::printf("  %-18s %8.2f %8.2f %8.2f\n", names[k2], mn, sum / sms, mx);
-  }
+  print_timeline(timing, sms, kActionStamps, names, " after an L2 flush");
 }
 
 }  // namespace

@@ -264,22 +264,7 @@ void action_step(ActionStepParams p, int num_sms, cudaStream_t s) {
   int splits = std::max(1, std::min({num_sms / tiles, kMaxActionSplits, p.W / 4}));
   while ((p.W / 4) % splits != 0) --splits;
   p.splits = splits;
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(action_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
-    attr_set = true;
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(num_sms);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = kSmemBytes;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, action_step_kernel, p));
+  launch_cooperative(action_step_kernel, num_sms, kThreads, kSmemBytes, s, p);
 }
 
 }  // namespace pirt::cuda

@@ -362,21 +362,6 @@ void block_tail(BlockTailParams p, int num_sms, cudaStream_t s) {
   auto splits_for = [&](int k) { return std::clamp(num_sms / tiles_d, 1, std::min(kMaxBlockTailSplits, k / kBK)); };
   p.splits_o = splits_for(p.Ko);
   p.splits_d = splits_for(p.F);
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(block_tail_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
-    attr_set = true;
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(num_sms);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = kSmemBytes;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
   TailArgs a;
   a.b = p;
   a.map[kAttn] = make_tma_map(p.attn, p.M, p.Ko, 64);
@@ -386,7 +371,7 @@ void block_tail(BlockTailParams p, int num_sms, cudaStream_t s) {
   a.map[kMlp] = make_tma_map(p.mlp, p.M, p.F, 64);
   a.map[kWd] = make_tma_map(p.wd, p.D, p.F, kSplitBN / 2);
   a.map[kWqkv] = p.wqkv ? make_tma_map(p.wqkv, (int64_t)(p.heads + 2 * p.kv_heads) * p.head_dim, p.D, 16) : a.map[kWd];
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, block_tail_kernel, a));
+  launch_cooperative(block_tail_kernel, num_sms, kThreads, kSmemBytes, s, a);
 }
 
 }  // namespace pirt::cuda
