@@ -1,6 +1,6 @@
 // End-to-end properties of the CPU engine on random tiny models: finite, noise-dependent actions;
-// dropping absent cameras and padding tokens gives the same actions as masking them; a batch is
-// its rows run alone; bad inputs give errors that name the input.
+// dropping absent cameras and padding tokens gives the same actions as masking them; a reused plan
+// takes each call's masks; a batch is its rows run alone; bad inputs give errors that name the input.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -149,6 +149,26 @@ TEST_P(EngineTest, ABatchIsItsRowsRunAlone) {
     const HostTensor alone = engine->sample_actions(one, 3);
     EXPECT_EQ(max_diff(alone, both.view().rows(b, 1)), 0.0) << "row " << b;
   }
+}
+
+TEST_P(EngineTest, AReusedPlanTakesEachCallsMasks) {
+  // With padding kept, inputs that differ only in their masks share one plan (and its buffers); the
+  // engine re-sends positions and mask blocks only when they change. Each call must still see its
+  // own: the second call equals the same inputs on a fresh engine.
+  const ModelConfig c = config_tiny(GetParam());
+  EngineOptions keep = cpu();
+  keep.drop_padding = false;
+  ModelInputs first = make_inputs(c, 1, 17), second = make_inputs(c, 1, 17);
+  second.image_masks[1].ptr<uint8_t>()[0] = 0;
+  for (int64_t i = 4; i < second.tokenized_prompt_mask.numel(); ++i) second.tokenized_prompt_mask.ptr<uint8_t>()[i] = 0;
+  auto engine = Engine::random(c, 1, keep);
+  const HostTensor a = engine->sample_actions(first, 2);
+  const HostTensor b = engine->sample_actions(second, 2);
+  const HostTensor b_fresh = Engine::random(c, 1, keep)->sample_actions(second, 2);
+  EXPECT_EQ(max_diff(b, b_fresh), 0.0);
+  EXPECT_GT(max_diff(a, b), 1e-3);  // the masks matter
+  const HostTensor a_again = engine->sample_actions(first, 2);
+  EXPECT_EQ(max_diff(a, a_again), 0.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, EngineTest, ::testing::Values(Arch::Pi0, Arch::Pi05),
