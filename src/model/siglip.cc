@@ -26,9 +26,15 @@ void siglip_forward(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
       be.concat_cols(a.q_part, a.k_part, a.qk_part);
       be.concat_cols(a.qk_part, a.v_part, a.qkv);
     }
-    // Plain multi-head attention: q|k|v, no RoPE, no mask, scale head_dim^-0.5.
-    be.attention_qkv(a.qkv, N, v.heads, v.head_dim(), 1.f / std::sqrt(static_cast<float>(v.head_dim())), a.q, a.k,
-                     a.v, a.attn);
+    // Plain multi-head attention: q|k|v, no RoPE, no mask, scale head_dim^-0.5; with fused weights
+    // read in place from the projection (the CUDA backend), else split first (--no-fuse).
+    const float scale = 1.f / std::sqrt(static_cast<float>(v.head_dim()));
+    if (!l.qkv.w.empty()) {
+      be.attention_qkv(a.qkv, N, v.heads, v.head_dim(), scale, a.q, a.k, a.v, a.attn);
+    } else {
+      be.qkv_rope(a.qkv, {}, v.heads, v.heads, v.head_dim(), a.q, a.k, a.v);
+      be.attention(a.q.reshape(hs), a.k.reshape(hs), a.v.reshape(hs), AttentionMask{}, scale, a.attn.reshape(hs));
+    }
     be.linear(a.attn, l.out.w, l.out.b, x, Epilogue::None, x);
     // y = LayerNorm_1(x); y = MlpBlock(y) (Dense, gelu tanh, Dense); x = x + y
     be.layer_norm(x, l.ln2_w, l.ln2_b, kNormEps, a.xn);
