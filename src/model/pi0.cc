@@ -246,25 +246,21 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
   }
   for (int s = 0; s < p.steps; ++s) {
     be.stage("step " + std::to_string(s));
-    // embed_suffix
-    if (fused_step) {
-      // (done by the action_step before this step)
-    } else if (!c.pi05()) {
-      // [state_tok, action_time], action_time = mlp_out(swish(mlp_in([action_in_proj(x_t), time_emb])))
-      if (!w.action_time_fold.w.empty()) {  // (folded: weights.h)
-        be.linear(p.x, w.action_time_fold.w, p.time_bias.rows(s, 1).reshape(Shape{c.expert.width}), p.u);
-      } else {
+    // embed_suffix (with fused weights: done by the action_step before this step)
+    if (!fused_step) {
+      if (!c.pi05()) {
+        // [state_tok, action_time], action_time = mlp_out(swish(mlp_in([action_in_proj(x_t), time_emb])))
         be.linear(p.x, w.action_in.w, w.action_in.b, p.a_emb);
         be.concat_cols(p.a_emb, p.time_emb.rows(s, 1), p.cat);
         be.linear(p.cat, w.action_time_in.w, w.action_time_in.b, p.u);
+        be.silu(p.u, p.u);
+        be.linear(p.u, w.action_time_out.w, w.action_time_out.b, p.tok.rows(1, H));
+      } else {
+        // action tokens = action_in_proj(x_t); time enters through adaRMS
+        be.linear(p.x, w.action_in.w, w.action_in.b, p.tok);
       }
-      be.silu(p.u, p.u);
-      be.linear(p.u, w.action_time_out.w, w.action_time_out.b, p.tok.rows(1, H));
-    } else {
-      // action tokens = action_in_proj(x_t); time enters through adaRMS
-      be.linear(p.x, w.action_in.w, w.action_in.b, p.tok);
+      be.cast(p.tok, p.hs);  // hidden states enter the trunk in its dtype
     }
-    if (!fused_step) be.cast(p.tok, p.hs);  // hidden states enter the trunk in its dtype
 
     // the action expert over [prefix cache | suffix], layer by layer
     const Tensor mods = c.pi05() ? p.mods.rows(s * per_step, per_step) : Tensor{};
