@@ -50,11 +50,8 @@ void residual_linear(Backend& be, const Tensor& x, const Tensor& w, const Tensor
     be.linear(x, w, {}, h, Epilogue::None, h);
     return;
   }
-  const int64_t D = h.dim(-1);
   be.linear(x, w, {}, y);
-  // mod = scale | shift | gate: the gate is the last third.
-  Tensor gate = mod.reshape(Shape{3, D}).rows(2, 1).reshape(Shape{D});
-  be.gated_residual(h, y, gate);
+  be.gated_residual(h, y, ada_gate(mod));
 }
 
 }  // namespace

@@ -36,6 +36,12 @@ struct AttentionMask {
   bool none() const { return q_block.empty(); }
 };
 
+// The gate third of an adaRMS modulation [3D] (scale | shift | gate), as a [D] view.
+inline Tensor ada_gate(const Tensor& mod) {
+  const int64_t D = mod.numel() / 3;
+  return mod.reshape(Shape{3, D}).rows(2, 1).reshape(Shape{D});
+}
+
 // The rest of a Gemma layer after its attention and the start of the next one (pi0's action
 // expert: plain RMSNorms, fused Q/K/V and gate+up weights), for Backend::gemma_block_tail:
 //   h += attn . wo^T;                                  xn = rms_norm(h, ffn_norm)
@@ -218,15 +224,13 @@ class Backend {
       geglu(b.gu, b.mlp);
       linear_residual_rms_norm(b.mlp, b.w_down, b.h, b.next_norm, b.eps, b.xn);
     } else {
-      const int64_t D = b.h.dim(-1);
-      auto gate = [&](const Tensor& mod) { return mod.reshape(Shape{3, D}).rows(2, 1).reshape(Shape{D}); };
       linear(b.attn, b.wo, {}, b.y);
-      gated_residual(b.h, b.y, gate(b.mod_attn));
+      gated_residual(b.h, b.y, ada_gate(b.mod_attn));
       ada_rms_norm(b.h, b.mod_ffn, b.eps, b.xn);
       linear(b.xn, b.w_gate_up, {}, b.gu);
       geglu(b.gu, b.mlp);
       linear(b.mlp, b.w_down, {}, b.y);
-      gated_residual(b.h, b.y, gate(b.mod_ffn));
+      gated_residual(b.h, b.y, ada_gate(b.mod_ffn));
       ada_rms_norm(b.h, b.next_mod, b.eps, b.xn);
     }
     if (!b.next_qkv.empty())

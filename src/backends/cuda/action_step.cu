@@ -39,8 +39,6 @@ constexpr int kMaxPerThread = kMaxActionWidth / kThreads;
 constexpr size_t kSmemBytes = 2 * 64 * kPitch * sizeof(float);  // P3's u and w_mlp chunks (P2's x in the first)
 static_assert(kMaxActionRows * kMaxActionDim <= 64 * kPitch, "x must fit P3's u buffer");
 
-__device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }  // as silu_kernel
-
 // P3's units: 64-column tiles x k splits (k ranges multiples of 4).
 __device__ __forceinline__ int unit_n0(int unit, int tiles) { return (unit % tiles) * kTileN; }
 __device__ __forceinline__ int unit_k0(const ActionStepParams& p, int unit, int tiles) {
@@ -140,7 +138,7 @@ __global__ void __launch_bounds__(kThreads, 1) action_step_kernel(const ActionSt
           s += xr[4 * k4] * wv[k4].x + xr[4 * k4 + 1] * wv[k4].y + xr[4 * k4 + 2] * wv[k4].z + xr[4 * k4 + 3] * wv[k4].w;
       s += p.b_in[n];
       if (p.w_mlp)
-        p.u[o] = silu(s);
+        p.u[o] = silu_f32(s);
       else
         p.tok[(int64_t)(R0 + r) * W + n] = s;
     }

@@ -207,6 +207,9 @@ __device__ __forceinline__ void stamp(unsigned long long* timing, int n, int k) 
   }
 }
 
+// silu(v) = v * sigmoid(v), in fp32 as x / (1 + exp(-x)) (the CPU oracle's formula).
+__device__ __forceinline__ float silu_f32(float v) { return v / (1.f + expf(-v)); }
+
 // gelu with the tanh approximation, in fp32 (jax.nn.gelu(approximate=True), gelu_pytorch_tanh).
 __device__ __forceinline__ float gelu_tanh(float x) {
   const float c = 0.7978845608028654f;  // sqrt(2/pi)

@@ -193,7 +193,7 @@ __global__ void silu_kernel(const TI* x, TO* out, int64_t n) {
   pdl_trigger();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const float v = ld(&x[i]);
-    st(&out[i], v / (1.f + expf(-v)));
+    st(&out[i], silu_f32(v));
   }
 }
 
