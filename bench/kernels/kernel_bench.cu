@@ -300,7 +300,8 @@ void bench_attention(cudaStream_t s, float* ws, int64_t ws_bytes, int sms, bool 
     };
     std::vector<Run> runs = {{1, 0, true}, {0, 0, true}, {0, 0, true, 0, true}};
     if (sh.Tq < 128)
-      runs.insert(runs.end(), {{0, 14, true}, {2, 0, true}, {4, 0, true}, {0, 0, true, 8}, {0, 0, true, 4}});
+      runs.insert(runs.end(), {{0, 14, true}, {2, 0, true}, {4, 0, true}, {0, 0, true, 8}, {0, 0, true, 4},
+                               {0, 7, true, 0, true}, {0, 5, true, 0, true}, {0, 4, true, 0, true}});
     else if (sh.Hkv == 1)  // the prefix: key splits merged in a cluster (more blocks than its 102 tiles)
       runs.insert(runs.end(), {{1, 2, true}, {1, 3, true}, {1, 4, true}});
     if (!quick) runs.insert(runs.end(), {{1, 14, false}, {1, 4, true}, {1, 1, true}});

@@ -687,6 +687,16 @@ std::vector<OpCase> all_cases() {
     for (int i = 0; i < 50; ++i) a.qb.push_back(1), a.kb.push_back(1);
     c.push_back(attention_case("attention/pi05_action_step", a));
   }
+  {  // two sequences over 1200 keys: 19 key tiles, two a split in the wgmma split kernel (sm_90a).
+    AttnSpec a{2, 51, 1200, 8, 1, 256, 1.f / 16};
+    std::mt19937 r(11);
+    for (int s = 0; s < 2; ++s) {
+      for (int i = 0; i < 51; ++i) a.qb.push_back(i == 0 ? 1 : 2);
+      for (int i = 0; i < 1200; ++i)
+        a.kb.push_back(i < 1149 ? (r() % 9 == 0 ? AttentionMask::kMaskedKey : 0) : (i == 1149 ? 1 : 2));
+    }
+    c.push_back(attention_case("attention/two_seqs_1200_keys", a));
+  }
   c.push_back(attention_case("attention/siglip_3x16x256_d72", {3, 256, 256, 16, 16, 72, 1.f / std::sqrt(72.f)}));
   // SigLIP's attention read in place from its fused projection (ops.h attention_qkv): 3 cameras x 256
   // tokens, rows [q | k | v] of 3 x 16 x 72.

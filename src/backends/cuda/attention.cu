@@ -929,6 +929,11 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
     attention_wgmma(a, s);
     return true;
   }
+  // Few query tiles over one KV head of 256 (the action steps): the wgmma split kernel (clusters).
+  if (wgmma && cluster && attention_kernel_variant == 0 && attention_wgmma_supported(a) && a.Tk > 0) {
+    attention_wgmma_split(a, s, force_splits);
+    return true;
+  }
   if (reinterpret_cast<uintptr_t>(a.q) % 16 || reinterpret_cast<uintptr_t>(a.k) % 16 ||
       reinterpret_cast<uintptr_t>(a.v) % 16 || reinterpret_cast<uintptr_t>(a.out) % 4 || q_stride(a) % 8 ||
       kv_stride(a) % 8)

@@ -17,6 +17,9 @@
 // just freed) once it has consumed tile i; the other warpgroup's tile covers the wait. (Overlapping
 // within one warpgroup, S(i + 1) issued before the softmax of tile i, needs a second S in registers
 // next to O's 128: ptxas then used 255 registers and spilled.)
+#include <cooperative_groups.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "backends/cuda/common.cuh"
@@ -72,6 +75,76 @@ __device__ __forceinline__ uint64_t wgmma_desc_mn(const void* smem_ptr, uint32_t
   d |= (uint64_t)(1024 >> 4) << 32;
   d |= (uint64_t)1 << 62;
   return d;
+}
+
+// One 64-key tile of the online softmax, for a warpgroup's 64 rows (this thread's rows 16 w + g and
+// + 8, w its warp in the warpgroup): S = Q K^T (16 wgmma m64n64k16), masked (key j visible to a row
+// of block qb iff j < Tk and kblk[j] <= qb; kblk null: every key in range) and scaled by
+// scale * log2(e); the running max and sum updated, o rescaled, and P = exp2(S - m) rounded to bf16
+// into `p` (swizzled K-major: 16-byte piece c / 8 of row r at (c / 8) ^ (r % 8)). The caller syncs
+// the warpgroup before tile_pv reads P.
+__device__ __forceinline__ void tile_softmax(const bf16 (*q)[kBox], const bf16 (*k)[kBox], bf16* p, int key0, int Tk,
+                                             const int32_t* kblk, const int* qb, float scale_log2, float* m_run,
+                                             float* l_run, float (&o)[2][64]) {
+  const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+  float sc[32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) sc[e] = 0.f;
+  wgmma_fence();
+#pragma unroll
+  for (int c = 0; c < kDh / 64; ++c)
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_bf16<64>(sc, wgmma_desc(q[c] + ks * 16), wgmma_desc(k[c] + ks * 16), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  // Mask and scale; this tile's row max over the quad.
+  float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e2 = 0; e2 < 2; ++e2) {
+      const int key = key0 + 8 * j + 2 * t + e2;
+      const int kb = key < Tk ? (kblk ? __ldg(kblk + key) : 0) : kMaskedKey;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float& x = sc[4 * j + 2 * hh + e2];
+        x = kb <= qb[hh] ? x * scale_log2 : -INFINITY;
+        tmax[hh] = fmaxf(tmax[hh], x);
+      }
+    }
+  float alpha[2], m_use[2];
+  online_softmax_max(tmax, m_run, m_use, alpha);
+  float rsum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const float p0 = exp2f(sc[4 * j + 2 * hh] - m_use[hh]), p1 = exp2f(sc[4 * j + 2 * hh + 1] - m_use[hh]);
+      rsum[hh] += p0 + p1;
+      const int r = 16 * w + g + 8 * hh;
+      *reinterpret_cast<uint32_t*>(&p[r * 64 + ((j ^ (r & 7)) << 3) + 2 * t]) = pack_bf16x2(p0, p1);
+    }
+  online_softmax_sum(rsum, alpha, l_run);
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      o[h][4 * j] *= alpha[0], o[h][4 * j + 1] *= alpha[0];
+      o[h][4 * j + 2] *= alpha[1], o[h][4 * j + 3] *= alpha[1];
+    }
+  fence_proxy_async_smem();  // P's generic stores, before wgmma reads them
+}
+
+// O += P V for the tile: k = its 64 keys in four steps of 16 (16 rows of 128 bytes = 2048 bytes a step).
+__device__ __forceinline__ void tile_pv(const bf16* p, const bf16 (*v)[kBox], float (&o)[2][64]) {
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      wgmma_bf16_n128_tb(o[h], wgmma_desc(p + ks * 16), wgmma_desc_mn(v[2 * h] + ks * 16 * 64, kBox * 2));
+  wgmma_commit();
+  wgmma_wait<0>();
 }
 #endif
 
@@ -132,65 +205,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
   for (int i = wg; i < ntiles; i += 2) {
     const int b = wg;
     mbar_wait(&sm.full[b], (i >> 1) & 1);
-    // S = Q K^T
-    float sc[32];
-#pragma unroll
-    for (int e = 0; e < 32; ++e) sc[e] = 0.f;
-    wgmma_fence();
-#pragma unroll
-    for (int c = 0; c < kDh / 64; ++c)
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) wgmma_bf16<64>(sc, wgmma_desc(sm.q[c] + ks * 16), wgmma_desc(sm.k[b][c] + ks * 16), 1);
-    wgmma_commit();
-    wgmma_wait<0>();
-    // Mask and scale; this tile's row max over the quad.
-    const int key0 = i * kKeys;
-    float tmax[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const int key = key0 + 8 * j + 2 * t + e2;
-        const int kb = key < a.Tk ? (a.k_block ? __ldg(a.k_block + (int64_t)s * a.Tk + key) : 0) : kMaskedKey;
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          float& x = sc[4 * j + 2 * hh + e2];
-          x = kb <= qb[hh] ? x * a.scale_log2 : -INFINITY;
-          tmax[hh] = fmaxf(tmax[hh], x);
-        }
-      }
-    float alpha[2], m_use[2];
-    online_softmax_max(tmax, m_run, m_use, alpha);
-    // P = exp2(S - m) into shared memory (bf16, swizzled: 16-byte piece c / 8 of row r at (c / 8) ^ (r % 8)).
-    float rsum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const float p0 = exp2f(sc[4 * j + 2 * hh] - m_use[hh]), p1 = exp2f(sc[4 * j + 2 * hh + 1] - m_use[hh]);
-        rsum[hh] += p0 + p1;
-        const int r = 16 * w + g + 8 * hh;
-        *reinterpret_cast<uint32_t*>(&sm.p[wg][r * 64 + ((j ^ (r & 7)) << 3) + 2 * t]) = pack_bf16x2(p0, p1);
-      }
-    online_softmax_sum(rsum, alpha, l_run);
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        o[h][4 * j] *= alpha[0], o[h][4 * j + 1] *= alpha[0];
-        o[h][4 * j + 2] *= alpha[1], o[h][4 * j + 3] *= alpha[1];
-      }
-    fence_proxy_async_smem();  // P's generic stores, before wgmma reads them
+    tile_softmax(sm.q, sm.k[b], sm.p[wg], i * kKeys, a.Tk, a.k_block ? a.k_block + (int64_t)s * a.Tk : nullptr, qb,
+                 a.scale_log2, m_run, l_run, o);
     wg_sync();
-    // O += P V: k = this tile's 64 keys in four steps of 16 (16 rows of 128 bytes = 2048 bytes a step).
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        wgmma_bf16_n128_tb(o[h], wgmma_desc(sm.p[wg] + ks * 16), wgmma_desc_mn(sm.v[b][2 * h] + ks * 16 * 64, kBox * 2));
-    wgmma_commit();
-    wgmma_wait<0>();
+    tile_pv(sm.p[wg], sm.v[b], o);
     wg_sync();  // K, V (buffer b) and P consumed by the warpgroup
     if ((tid & 127) == 0 && i + 2 < ntiles) issue_kv(i + 2);
   }
@@ -244,6 +262,204 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 #endif
 }
 
+// ---- the action steps: few query rows over one KV head, keys split over a cluster ----
+// pi0's step is 8 heads x 51 queries = 408 packed rows (7 row tiles of 64) over ~867 keys (14 tiles).
+// A block is one warpgroup over one row tile and `per` consecutive key tiles (one, up to 16 tiles),
+// the key splits of a row tile a thread-block cluster (along z). Q, K and V come in through TMA on
+// three mbarriers, so S = Q K^T starts before V has landed, and the next tile's K (V) is issued as
+// soon as this tile's S (P V) has read the buffer. Each block leaves its unnormalised O (fp32) and
+// (max, sum) in shared memory; block `rank` of the cluster finishes columns [rank, rank + 1) * 256 / cs
+// of the 64 rows through DSMEM, as the mma.sync split kernel does (attention.cu). Against that kernel
+// (32-row tiles, 7 splits of two tiles, K/V by cp.async: 144 KB a block through the L1 path): half
+// the row tiles, so half the K/V bytes read from L2, and bulk copies for what is left.
+constexpr int kMaxSplit = 16;       // non-portable cluster size (H100: clusters of 16 blocks of ~110 KB)
+constexpr int kOStride = kDh + 8;   // fp32 a row of the merge's O: conflict-free float2 stores
+
+struct SplitSmem {
+  bf16 q[kDh / 64][kBox];
+  bf16 k[kDh / 64][kBox];
+  bf16 v[kDh / 64][kBox];  // q, k, v adjacent: the merge's fp32 O [64][kOStride] over them
+  bf16 p[kBox];
+  float ml[kRows][2];
+  float wts[kRows][kMaxSplit];
+  uint64_t bar_q, bar_k, bar_v;
+};
+static_assert(sizeof(float) * kRows * kOStride <= 3 * sizeof(bf16) * kDh * kRows, "O must fit over q, k, v");
+constexpr size_t kSplitSmemBytes = sizeof(SplitSmem) + 1024;
+
+struct SplitArgs {
+  CUtensorMap q, k, v;
+  bf16* out;
+  const int32_t* q_block;
+  const int32_t* k_block;
+  int R, G, Tq, Tk, per;
+  float scale_log2;
+};
+
+__global__ void __launch_bounds__(128, 1) attention_wgmma_split_kernel(const __grid_constant__ SplitArgs a) {
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma, TMA and clusters need sm_90a; the host uses this kernel only there
+#else
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  SplitSmem& sm = *reinterpret_cast<SplitSmem*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int row0 = blockIdx.x * kRows, s = blockIdx.y;
+  const int ntiles = (a.Tk + kKeys - 1) / kKeys;
+  const int tile_begin = blockIdx.z * a.per, tile_end = min(ntiles, tile_begin + a.per);
+  if (tid == 0) {
+    mbar_init(&sm.bar_q, 1);
+    mbar_init(&sm.bar_k, 1);
+    mbar_init(&sm.bar_v, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  pdl_wait();
+  auto issue = [&](uint64_t* bar, const CUtensorMap* m, bf16 (*dst)[kBox], int row) {
+    mbar_arrive_expect(bar, (kDh / 64) * kBox * 2);
+#pragma unroll
+    for (int c = 0; c < kDh / 64; ++c) tma_load(dst[c], m, c * 64, row, bar);
+  };
+  if (tid == 0) {
+    issue(&sm.bar_q, &a.q, sm.q, s * a.R + row0);
+    if (tile_begin < tile_end) {
+      issue(&sm.bar_k, &a.k, sm.k, s * a.Tk + tile_begin * kKeys);
+      issue(&sm.bar_v, &a.v, sm.v, s * a.Tk + tile_begin * kKeys);
+    }
+  }
+  pdl_trigger();
+
+  int qb[2];
+  float m_run[2], l_run[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = row0 + 16 * w + g + 8 * hh;
+    qb[hh] = row < a.R ? (a.q_block ? a.q_block[(int64_t)s * a.Tq + row / a.G] : 0) : -1;
+    m_run[hh] = -INFINITY;
+    l_run[hh] = 0.f;
+  }
+  float o[2][64];
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[h][i] = 0.f;
+  mbar_wait(&sm.bar_q, 0);
+  const int32_t* kblk = a.k_block ? a.k_block + (int64_t)s * a.Tk : nullptr;
+#pragma unroll 1
+  for (int i = tile_begin; i < tile_end; ++i) {
+    const int n = i - tile_begin, key = s * a.Tk + (i + 1) * kKeys;
+    mbar_wait(&sm.bar_k, n & 1);
+    tile_softmax(sm.q, sm.k, sm.p, i * kKeys, a.Tk, kblk, qb, a.scale_log2, m_run, l_run, o);
+    __syncthreads();  // K read by every warp's wgmma, P written
+    if (tid == 0 && i + 1 < tile_end) issue(&sm.bar_k, &a.k, sm.k, key);
+    mbar_wait(&sm.bar_v, n & 1);
+    tile_pv(sm.p, sm.v, o);
+    __syncthreads();  // V and P consumed
+    if (tid == 0 && i + 1 < tile_end) issue(&sm.bar_v, &a.v, sm.v, key);
+  }
+
+  if (gridDim.z == 1) {  // one split: O / l -> bf16 (rows that see no key: zeros)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int row = row0 + 16 * w + g + 8 * hh;
+      if (row >= a.R) continue;
+      const float inv = l_run[hh] > 0.f ? 1.f / l_run[hh] : 0.f;
+      bf16* dst = a.out + ((int64_t)s * a.R + row) * kDh;
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+          *reinterpret_cast<uint32_t*>(dst + h * 128 + 8 * j + 2 * t) =
+              pack_bf16x2(o[h][4 * j + 2 * hh] * inv, o[h][4 * j + 2 * hh + 1] * inv);
+    }
+    return;
+  }
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  float* ob = reinterpret_cast<float*>(&sm.q[0][0]);  // q, k, v are free (the loop's last sync)
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int r = 16 * w + g + 8 * hh;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        *reinterpret_cast<float2*>(ob + r * kOStride + h * 128 + 8 * j + 2 * t) =
+            make_float2(o[h][4 * j + 2 * hh], o[h][4 * j + 2 * hh + 1]);
+    if (t == 0) sm.ml[r][0] = m_run[hh], sm.ml[r][1] = l_run[hh];
+  }
+  cluster.sync();
+  const int cs = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
+  if (tid < kRows) {  // row tid's weight of each split: exp2(m_s - m) / sum_s l_s exp2(m_s - m)
+    float ms[kMaxSplit], ls[kMaxSplit], mx = -INFINITY;
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplit; ++sp) {
+      ms[sp] = -INFINITY, ls[sp] = 0.f;
+      if (sp < cs) {
+        const float2 r = *cluster.map_shared_rank(reinterpret_cast<float2*>(&sm.ml[tid][0]), sp);
+        ms[sp] = r.x, ls[sp] = r.y;
+        mx = fmaxf(mx, ms[sp]);
+      }
+    }
+    const float m_use = mx == -INFINITY ? 0.f : mx;
+    float total = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplit; ++sp) total += ls[sp] * exp2f(ms[sp] - m_use);
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplit; ++sp) sm.wts[tid][sp] = exp2f(ms[sp] - m_use) * inv;
+  }
+  __syncthreads();
+  const int c4_begin = rank * (kDh / 4) / cs, c4_end = (rank + 1) * (kDh / 4) / cs, width = c4_end - c4_begin;
+  for (int idx = tid; idx < kRows * width; idx += 128) {
+    const int r = idx / width, c = (c4_begin + idx % width) * 4, row = row0 + r;
+    if (row >= a.R) continue;
+    float4 v[kMaxSplit];
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplit; ++sp)
+      if (sp < cs) v[sp] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(ob + r * kOStride + c, sp));
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplit; ++sp)
+      if (sp < cs) {
+        const float wt = sm.wts[r][sp];
+        acc.x += wt * v[sp].x, acc.y += wt * v[sp].y, acc.z += wt * v[sp].z, acc.w += wt * v[sp].w;
+      }
+    bf16* dst = a.out + ((int64_t)s * a.R + row) * kDh + c;
+    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(acc.x, acc.y);
+    *reinterpret_cast<uint32_t*>(dst + 2) = pack_bf16x2(acc.z, acc.w);
+  }
+  cluster.sync();  // the other blocks may still read this block's shared memory
+#endif
+}
+
+// Key splits a row tile: every tile its own split up to the largest cluster the device schedules.
+int max_split_cluster() {
+  static int maxc = 0;
+  if (!maxc) {
+    maxc = 8;
+    if (cudaFuncSetAttribute(attention_wgmma_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)kSplitSmemBytes) == cudaSuccess &&
+        cudaFuncSetAttribute(attention_wgmma_split_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
+            cudaSuccess) {
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(1, 1, kMaxSplit);
+      cfg.blockDim = dim3(128);
+      cfg.dynamicSmemBytes = kSplitSmemBytes;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = 1;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = kMaxSplit;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      int n = 0;
+      if (cudaOccupancyMaxActiveClusters(&n, attention_wgmma_split_kernel, &cfg) == cudaSuccess && n >= 4) maxc = kMaxSplit;
+    }
+    cudaGetLastError();  // clear a failed query
+  }
+  return maxc;
+}
+
 }  // namespace
 
 bool attention_wgmma_supported(const AttentionArgs& a) {
@@ -274,6 +490,49 @@ void attention_wgmma(const AttentionArgs& a, cudaStream_t s) {
   w.k_block = a.k_block;
   w.scale_log2 = a.scale * 1.4426950408889634f;
   launch(attention_wgmma_kernel, dim3((w.R + kRows - 1) / kRows, a.S), dim3(kThreads), kSmemBytes, s, 1, w);
+}
+
+void attention_wgmma_split(const AttentionArgs& a, cudaStream_t s, int force_splits) {
+  PIRT_CHECK(attention_wgmma_supported(a), "attention_wgmma_split: unsupported shape (head dim %d, %d KV heads)",
+             a.Dh, a.Hkv);
+  const int maxc = max_split_cluster();  // (also sets the kernel's attributes)
+  const int ntiles = std::max(1, (a.Tk + kKeys - 1) / kKeys);
+  int ns = std::min({force_splits > 0 ? force_splits : ntiles, ntiles, maxc});
+  const int per = (ntiles + ns - 1) / ns;
+  ns = (ntiles + per - 1) / per;  // no empty splits
+  SplitArgs w;
+  w.R = a.Tq * a.Hq;
+  w.G = a.Hq;
+  w.Tq = a.Tq;
+  w.Tk = a.Tk;
+  w.per = per;
+  w.q = make_tma_map(a.q, (int64_t)a.S * w.R, kDh, kRows);
+  w.k = make_tma_map(a.k, (int64_t)a.S * std::max(a.Tk, 1), kDh, kKeys);
+  w.v = make_tma_map(a.v, (int64_t)a.S * std::max(a.Tk, 1), kDh, kKeys);
+  w.out = static_cast<bf16*>(a.out);
+  w.q_block = a.q_block;
+  w.k_block = a.k_block;
+  w.scale_log2 = a.scale * 1.4426950408889634f;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((w.R + kRows - 1) / kRows, a.S, ns);
+  cfg.blockDim = dim3(128);
+  cfg.dynamicSmemBytes = kSplitSmemBytes;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  attr[n].id = cudaLaunchAttributeClusterDimension;
+  attr[n].val.clusterDim.x = 1;
+  attr[n].val.clusterDim.y = 1;
+  attr[n].val.clusterDim.z = ns;
+  ++n;
+  if (pdl_enabled()) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, attention_wgmma_split_kernel, w));
 }
 
 }  // namespace pirt::cuda

@@ -192,6 +192,10 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
 // The prefix's attention on wgmma + TMA (attention_wgmma.cu, sm_90a): head dim 256, one KV head.
 bool attention_wgmma_supported(const AttentionArgs& a);
 void attention_wgmma(const AttentionArgs& a, cudaStream_t s);
+// The action steps' attention on wgmma + TMA (attention_wgmma.cu, sm_90a, clusters): few query rows
+// (64-row tiles) over one KV head of 256, the keys split over a cluster of up to 16 blocks (or
+// `force_splits`), merged through DSMEM. Same shapes as attention_wgmma.
+void attention_wgmma_split(const AttentionArgs& a, cudaStream_t s, int force_splits = 0);
 // One warp per query row, any head dim: slow but simple.
 void attention_reference(const AttentionArgs& a, cudaStream_t s);
 
