@@ -40,7 +40,7 @@ struct EngineOptions {
   bool fused_small_gemm = false; // CUDA: fused projections through our small-M GEMM (measured even)
   bool pdl = false;              // CUDA: programmatic dependent launch of our kernels (measured a loss)
   bool block_kernel = true;      // CUDA: the action expert's block tail as one persistent kernel (sm_90a)
-  bool wgmma_attention = true;   // CUDA: the prefix's attention on wgmma + TMA (sm_90a)
+  bool wgmma_attention = true;   // CUDA: the prefix's and the action steps' attention on wgmma + TMA (sm_90a)
   bool step_kernel = true;       // CUDA: the boundary between two flow steps as one persistent kernel
   std::string tuning_file;       // CUDA: GEMM algorithm per shape (pirt tune); "": bench/tuning/, "none": heuristic
 };

@@ -47,7 +47,7 @@ const char* kEngineFlagsHelp =
     "                           our small-M GEMM, split sums added in the row kernel (off: even)\n"
     "  --no-block-kernel        the action expert as separate kernels, not one persistent kernel for\n"
     "                           everything after each attention through the next layer's q, k, v\n"
-    "  --no-wgmma-attention     the prefix's attention on the mma.sync flash kernel, not on wgmma\n"
+    "  --no-wgmma-attention     attention on the mma.sync flash / split kernels, not on wgmma\n"
     "  --no-step-kernel         the Euler update and the next step's action embedding as separate\n"
     "                           kernels, not one persistent kernel between two flow steps\n"
 

@@ -1,6 +1,9 @@
-// The prefix's attention on Hopper's warpgroup MMA (sm_90a): one KV head of head_dim 256, the query
-// heads packed over it (packed row r = t * G + g, as attention.cu), many rows (pi0's prefix: 8 x 816).
+// Attention on Hopper's warpgroup MMA (sm_90a): one KV head of head_dim 256, the query heads packed
+// over it (packed row r = t * G + g, as attention.cu). Two kernels share one tile body (tile_softmax,
+// tile_pv): the prefix's, many rows (pi0: 8 x 816), below; the action steps', few rows with the keys
+// split over a cluster (attention_wgmma_split_kernel, further down).
 //
+// The prefix kernel:
 // A block is two warpgroups over 64 packed rows and every key, in 64-key tiles: warpgroup w takes the
 // tiles i with i % 2 == w, so that one's softmax runs while the other's wgmma do, and the two halves
 // (running max, sum, unnormalised O) are merged through shared memory at the end.
@@ -271,7 +274,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 // (max, sum) in shared memory; block `rank` of the cluster finishes columns [rank, rank + 1) * 256 / cs
 // of the 64 rows through DSMEM, as the mma.sync split kernel does (attention.cu). Against that kernel
 // (32-row tiles, 7 splits of two tiles, K/V by cp.async: 144 KB a block through the L1 path): half
-// the row tiles, so half the K/V bytes read from L2, and bulk copies for what is left.
+// the row tiles, so half the K/V bytes read from L2, and bulk copies for what is left. The merge
+// (~4 us of ~9.4) moves 64 KB a block however it is split; pushing it by bulk copies or going through
+// L2 (plain or TMA stores and loads) measured slower (docs/cuda.md).
 constexpr int kMaxSplit = 16;       // non-portable cluster size (H100: clusters of 16 blocks of ~110 KB)
 constexpr int kOStride = kDh + 8;   // fp32 a row of the merge's O: conflict-free float2 stores
 

@@ -30,8 +30,9 @@ struct CudaOptions {
   // On an H100 it is 6% faster end to end than the separate kernels (bench/RESULTS.md, session 4).
   bool block_kernel = true;
   bool fast_attention = true;  // the flash kernel; false: a simple one-warp-per-row kernel (debugging)
-  // The prefix's attention (many query rows, one KV head of 256) on wgmma + TMA (sm_90a build on
-  // sm_90; attention_wgmma.cu); false: the flash kernel on mma.sync.
+  // Attention over one KV head of 256 on wgmma + TMA (sm_90a build on sm_90; attention_wgmma.cu):
+  // the prefix, and the action steps with their keys split over a cluster; false: the mma.sync
+  // flash and split kernels.
   bool wgmma_attention = true;
   // The boundary between two flow steps (Euler update, the next action embedding and first norm) as
   // one persistent kernel (ops.h action_step; action_step.cu); false: the ops one after another.

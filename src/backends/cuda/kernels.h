@@ -184,8 +184,8 @@ int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force
 // packed into one tile, keys split across blocks when there are few query tiles, then merged.
 // `cluster`: 2..8 key splits of a query tile run as one thread-block cluster and merge through
 // distributed shared memory (no workspace, no second kernel); false: partials in ws + a merge kernel.
-// `wgmma` (sm_90a builds on sm_90 only): shapes with many query rows, one KV head of 256 (the prefix)
-// go to attention_wgmma.
+// `wgmma` (sm_90a builds on sm_90 only): one KV head of 256 goes to attention_wgmma (many query rows:
+// the prefix) or attention_wgmma_split (few: the action steps; with `cluster`).
 // Returns false where the shape is not supported (then call attention_reference).
 bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num_sms,
                     cudaStream_t s, int force_splits = 0, bool cluster = true, bool wgmma = false);
