@@ -795,6 +795,16 @@ TEST(CudaBackend, AttentionMergeKernelMatchesCpu) {
     if (oc.name.find("attention/") == 0 && oc.name.find("prefix") == std::string::npos) check_case(oc, *gpu, " [merge kernel]");
 }
 
+// The mma.sync attention kernels (flash, split) that the wgmma ones replace on sm_90a by default.
+TEST(CudaBackend, AttentionMmaSyncKernelsMatchCpu) {
+  CudaOptions opt;
+  opt.wgmma_attention = false;
+  auto gpu = cuda_backend(opt);
+  if (!gpu) GTEST_SKIP() << "no CUDA device";
+  for (const OpCase& oc : all_cases())
+    if (oc.name.find("attention/") == 0) check_case(oc, *gpu, " [mma.sync]");
+}
+
 // A captured graph replays the same work: run a small layer-like sequence eagerly and through
 // run() (capture, then two replays with new inputs) and require identical bits.
 TEST(CudaBackend, GraphReplayIsExact) {

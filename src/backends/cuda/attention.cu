@@ -20,6 +20,7 @@
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/mma.cuh"
+#include "backends/cuda/split_merge.cuh"
 
 namespace pirt::cuda {
 
@@ -242,11 +243,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     __trap();  // thread-block clusters need sm_90; the host launches this variant only there
 #else
-    // Each block leaves its unnormalised O and (max, sum) in its shared memory; block `rank` of the
-    // cluster then finishes columns [rank, rank+1) * DHP / cs of all 64 rows, reading every block's
-    // partials through DSMEM.
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
+    // Each block leaves its unnormalised O and (max, sum) in its shared memory for the cluster merge
+    // (split_merge.cuh).
     __shared__ float wts[kBR][kMaxCluster];
     float* obuf = reinterpret_cast<float*>(sm.k);
     __syncthreads();
@@ -258,46 +256,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) attention_kernel(const FastPar
         *reinterpret_cast<float2*>(obuf + rl * DHP + i * 8 + 2 * t) = make_float2(o[i][2 * h], o[i][2 * h + 1]);
       if (t == 0) sm.ml[rl][0] = m_run[h], sm.ml[rl][1] = l_run[h];
     }
-    cluster.sync();
-    const int cs = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
-    if (threadIdx.x < kBR) {
-      const int rl = threadIdx.x;
-      float ms[kMaxCluster], ls[kMaxCluster], mx = -INFINITY;
-#pragma unroll
-      for (int sp = 0; sp < kMaxCluster; ++sp) {
-        ms[sp] = -INFINITY, ls[sp] = 0.f;
-        if (sp < cs) {
-          const float* r = cluster.map_shared_rank(&sm.ml[rl][0], sp);
-          ms[sp] = r[0], ls[sp] = r[1];
-          mx = fmaxf(mx, ms[sp]);
-        }
-      }
-      const float m_use = mx == -INFINITY ? 0.f : mx;
-      float total = 0.f;
-#pragma unroll
-      for (int sp = 0; sp < kMaxCluster; ++sp) total += ls[sp] * exp2f(ms[sp] - m_use);
-      const float inv = total > 0.f ? 1.f / total : 0.f;
-#pragma unroll
-      for (int sp = 0; sp < kMaxCluster; ++sp) wts[rl][sp] = exp2f(ms[sp] - m_use) * inv;
-    }
-    __syncthreads();
-    const int c4_begin = rank * (DHP / 4) / cs, c4_end = (rank + 1) * (DHP / 4) / cs, width = c4_end - c4_begin;
-    for (int idx = threadIdx.x; idx < kBR * width; idx += kWarps * 32) {
-      const int rl = idx / width, c = (c4_begin + idx % width) * 4, row = row0 + rl;
-      if (row >= p.R || c >= p.dh) continue;
-      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-      for (int sp = 0; sp < kMaxCluster; ++sp)
-        if (sp < cs) {
-          const float4 v = *reinterpret_cast<const float4*>(cluster.map_shared_rank(obuf + rl * DHP + c, sp));
-          const float w = wts[rl][sp];
-          acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
-        }
-      bf16* dst = p.out + out_offset(p, s, kvh, row) + c;  // dh % 8 == 0: all 4 columns are inside
-      *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(acc.x, acc.y);
-      *reinterpret_cast<uint32_t*>(dst + 2) = pack_bf16x2(acc.z, acc.w);
-    }
-    cluster.sync();  // the other blocks may still read this block's shared memory
+    cluster_merge<kBR, DHP, kWarps * 32, kMaxCluster>(obuf, DHP, sm.ml, wts, p.dh, [&](int rl) -> bf16* {
+      const int row = row0 + rl;
+      return row < p.R ? p.out + out_offset(p, s, kvh, row) : nullptr;
+    });
 #endif
   } else {
   // Write: the normalised output, or this split's partial state.
@@ -442,7 +404,7 @@ void launch_fast(const FastParams& p, int row_tiles, bool cluster, cudaStream_t 
 // Default 2 x 4 (32 rows, 8 warps): pi0's action step is 13 query tiles x 7 splits (2 tiles each).
 // Measured on H100 (kernel_bench): the merge (~64 KB a block over DSMEM) and fixed costs dominate; a
 // merge through L2 (workspace) was slower, more splits (14, one tile each) no faster.
-constexpr int kMaxSplitCluster = 16;
+constexpr int kMaxSplitCluster = kMaxMergeSplits;
 
 template <int DHP, int RW, int KQ>
 struct SplitSmem {
@@ -668,20 +630,17 @@ __global__ void __launch_bounds__(RW * KQ * 32, RW * KQ <= 8 ? 2 : 1) attention_
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // thread-block clusters need sm_90; the host launches split clusters only there
 #else
-  // Each block leaves its unnormalised O and (max, sum) in its shared memory; block `rank` of the
-  // cluster finishes columns [rank, rank+1) * DHP / cs of all rows, reading every block's partials
-  // through DSMEM.
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  float(*wts)[kMaxSplitCluster] = reinterpret_cast<float(*)[kMaxSplitCluster]>(sm.pm);  // P is free
-  constexpr int OST = SM::kOStride;
+  // Each block leaves its unnormalised O and (max, sum) in its shared memory for the cluster merge
+  // (split_merge.cuh).
+  float(*wts)[kMaxMergeSplits] = reinterpret_cast<float(*)[kMaxMergeSplits]>(sm.pm);  // P is free
   float* obuf = reinterpret_cast<float*>(sm.k);  // k and v are free (synced above)
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int rl = rg * 16 + g + 8 * h;
 #pragma unroll
     for (int i = 0; i < NTH; ++i)
-      *reinterpret_cast<float2*>(obuf + rl * OST + kh * HALF + i * 8 + 2 * t) = make_float2(o[i][2 * h], o[i][2 * h + 1]);
+      *reinterpret_cast<float2*>(obuf + rl * SM::kOStride + kh * HALF + i * 8 + 2 * t) =
+          make_float2(o[i][2 * h], o[i][2 * h + 1]);
   }
   if (kh == 0 && t == 0) {
 #pragma unroll
@@ -694,53 +653,15 @@ __global__ void __launch_bounds__(RW * KQ * 32, RW * KQ <= 8 ? 2 : 1) attention_
       sm.ml[rl][1] = l;
     }
   }
-  cluster.sync();
-  if (p.debug & 4) {
-    cluster.sync();
+  if (p.debug & 4) {  // (the merge's two cluster barriers, without the merge)
+    cooperative_groups::this_cluster().sync();
+    cooperative_groups::this_cluster().sync();
     return;
   }
-  const int cs = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
-  if (threadIdx.x < BR) {
-    const int rl = threadIdx.x;
-    float ms[kMaxSplitCluster], ls[kMaxSplitCluster], mx = -INFINITY;
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplitCluster; ++sp) {
-      ms[sp] = -INFINITY, ls[sp] = 0.f;
-      if (sp < cs) {
-        const float2 r = *cluster.map_shared_rank(reinterpret_cast<float2*>(&sm.ml[rl][0]), sp);
-        ms[sp] = r.x, ls[sp] = r.y;
-        mx = fmaxf(mx, ms[sp]);
-      }
-    }
-    const float m_use = mx == -INFINITY ? 0.f : mx;
-    float total = 0.f;
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplitCluster; ++sp) total += ls[sp] * exp2f(ms[sp] - m_use);
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplitCluster; ++sp) wts[rl][sp] = exp2f(ms[sp] - m_use) * inv;
-  }
-  __syncthreads();
-  const int c4_begin = rank * (DHP / 4) / cs, c4_end = (rank + 1) * (DHP / 4) / cs, width = c4_end - c4_begin;
-  for (int idx = threadIdx.x; idx < BR * width; idx += NT) {
-    const int rl = idx / width, c = (c4_begin + idx % width) * 4, row = row0 + rl;
-    if (row >= p.R || c >= p.dh) continue;
-    float4 v[kMaxSplitCluster];
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplitCluster; ++sp)
-      if (sp < cs) v[sp] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(obuf + rl * OST + c, sp));
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplitCluster; ++sp)
-      if (sp < cs) {
-        const float w = wts[rl][sp];
-        acc.x += w * v[sp].x, acc.y += w * v[sp].y, acc.z += w * v[sp].z, acc.w += w * v[sp].w;
-      }
-    bf16* dst = p.out + out_offset(p, s, kvh, row) + c;  // dh % 8 == 0: all 4 columns are inside
-    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(acc.x, acc.y);
-    *reinterpret_cast<uint32_t*>(dst + 2) = pack_bf16x2(acc.z, acc.w);
-  }
-  cluster.sync();  // the other blocks may still read this block's shared memory
+  cluster_merge<BR, DHP, NT>(obuf, SM::kOStride, sm.ml, wts, p.dh, [&](int rl) -> bf16* {
+    const int row = row0 + rl;
+    return row < p.R ? p.out + out_offset(p, s, kvh, row) : nullptr;
+  });
 #endif
 }
 

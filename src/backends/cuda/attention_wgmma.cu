@@ -20,13 +20,12 @@
 // just freed) once it has consumed tile i; the other warpgroup's tile covers the wait. (Overlapping
 // within one warpgroup, S(i + 1) issued before the softmax of tile i, needs a second S in registers
 // next to O's 128: ptxas then used 255 registers and spilled.)
-#include <cooperative_groups.h>
-
 #include <algorithm>
 #include <cmath>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/split_merge.cuh"
 #include "backends/cuda/tma.cuh"
 #include "backends/cuda/wgmma.cuh"
 
@@ -149,6 +148,43 @@ __device__ __forceinline__ void tile_pv(const bf16* p, const bf16 (*v)[kBox], fl
   wgmma_commit();
   wgmma_wait<0>();
 }
+
+// This thread's two rows (16 w + g and + 8 of the warpgroup's 64 from row0; packed rows of sequence s):
+// their query blocks (-1 past R: they see no key), running max and sum, and O, at their start.
+__device__ __forceinline__ void init_rows(const int32_t* q_block, int s, int Tq, int G, int R, int row0, int* qb,
+                                          float* m_run, float* l_run, float (&o)[2][64]) {
+  const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, g = lane >> 2;
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = row0 + 16 * w + g + 8 * hh;
+    qb[hh] = row < R ? (q_block ? q_block[(int64_t)s * Tq + row / G] : 0) : -1;
+    m_run[hh] = -INFINITY;
+    l_run[hh] = 0.f;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[h][i] = 0.f;
+}
+
+// O / l of this thread's rows as bf16 into out (row 0 of the sequence; rows that saw no key: zeros,
+// rows past R: not stored).
+__device__ __forceinline__ void store_rows(const float (&o)[2][64], const float* l_run, int row0, int R, bf16* out) {
+  const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int row = row0 + 16 * w + g + 8 * hh;
+    if (row >= R) continue;
+    const float inv = l_run[hh] > 0.f ? 1.f / l_run[hh] : 0.f;
+    bf16* dst = out + (int64_t)row * kDh;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+        *reinterpret_cast<uint32_t*>(dst + h * 128 + 8 * j + 2 * t) =
+            pack_bf16x2(o[h][4 * j + 2 * hh] * inv, o[h][4 * j + 2 * hh + 1] * inv);
+  }
+}
 #endif
 
 __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __grid_constant__ WgmmaAttnArgs a) {
@@ -157,7 +193,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 #else
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
-  const int tid = threadIdx.x, lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+  const int tid = threadIdx.x;
   const int wg = tid >> 7;  // warpgroup: tiles wg, wg + 2, ... in K/V buffer wg
   auto wg_sync = [&] { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory"); };
   const int row0 = blockIdx.x * kRows, s = blockIdx.y;
@@ -189,19 +225,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 
   // This thread's two rows: 16 w + g and 16 w + g + 8 of the block's 64 (the same in both warpgroups).
   int qb[2];
-  float m_run[2], l_run[2];
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int row = row0 + 16 * w + g + 8 * hh;
-    qb[hh] = row < a.R ? (a.q_block ? a.q_block[(int64_t)s * a.Tq + row / a.G] : 0) : -1;
-    m_run[hh] = -INFINITY;
-    l_run[hh] = 0.f;
-  }
-  float o[2][64];
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int i = 0; i < 64; ++i) o[h][i] = 0.f;
+  float m_run[2], l_run[2], o[2][64];
+  init_rows(a.q_block, s, a.Tq, a.G, a.R, row0, qb, m_run, l_run, o);
   mbar_wait(&sm.bar_q, 0);
 
 #pragma unroll 1
@@ -248,20 +273,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
       o[h][i] = o[h][i] * f0[hh] + ob[(h * 64 + i) * 128 + wt] * f1[hh];
     }
 
-  // O / l -> bf16 (rows that see no key: zeros)
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int row = row0 + 16 * w + g + 8 * hh;
-    if (row >= a.R) continue;
-    const float inv = l_run[hh] > 0.f ? 1.f / l_run[hh] : 0.f;
-    bf16* dst = a.out + ((int64_t)s * a.R + row) * kDh;
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int j = 0; j < 16; ++j)
-        *reinterpret_cast<uint32_t*>(dst + h * 128 + 8 * j + 2 * t) =
-            pack_bf16x2(o[h][4 * j + 2 * hh] * inv, o[h][4 * j + 2 * hh + 1] * inv);
-  }
+  store_rows(o, l_run, row0, a.R, a.out + (int64_t)s * a.R * kDh);
 #endif
 }
 
@@ -277,7 +289,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 // the row tiles, so half the K/V bytes read from L2, and bulk copies for what is left. The merge
 // (~4 us of ~9.4) moves 64 KB a block however it is split; pushing it by bulk copies or going through
 // L2 (plain or TMA stores and loads) measured slower (docs/cuda.md).
-constexpr int kMaxSplit = 16;       // non-portable cluster size (H100: clusters of 16 blocks of ~110 KB)
+constexpr int kMaxSplit = kMaxMergeSplits;  // non-portable cluster size (H100: clusters of 16 blocks of ~110 KB)
 constexpr int kOStride = kDh + 8;   // fp32 a row of the merge's O: conflict-free float2 stores
 
 struct SplitSmem {
@@ -334,19 +346,8 @@ __global__ void __launch_bounds__(128, 1) attention_wgmma_split_kernel(const __g
   pdl_trigger();
 
   int qb[2];
-  float m_run[2], l_run[2];
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int row = row0 + 16 * w + g + 8 * hh;
-    qb[hh] = row < a.R ? (a.q_block ? a.q_block[(int64_t)s * a.Tq + row / a.G] : 0) : -1;
-    m_run[hh] = -INFINITY;
-    l_run[hh] = 0.f;
-  }
-  float o[2][64];
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int i = 0; i < 64; ++i) o[h][i] = 0.f;
+  float m_run[2], l_run[2], o[2][64];
+  init_rows(a.q_block, s, a.Tq, a.G, a.R, row0, qb, m_run, l_run, o);
   mbar_wait(&sm.bar_q, 0);
   const int32_t* kblk = a.k_block ? a.k_block + (int64_t)s * a.Tk : nullptr;
 #pragma unroll 1
@@ -362,24 +363,12 @@ __global__ void __launch_bounds__(128, 1) attention_wgmma_split_kernel(const __g
     if (tid == 0 && i + 1 < tile_end) issue(&sm.bar_v, &a.v, sm.v, key);
   }
 
-  if (gridDim.z == 1) {  // one split: O / l -> bf16 (rows that see no key: zeros)
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int row = row0 + 16 * w + g + 8 * hh;
-      if (row >= a.R) continue;
-      const float inv = l_run[hh] > 0.f ? 1.f / l_run[hh] : 0.f;
-      bf16* dst = a.out + ((int64_t)s * a.R + row) * kDh;
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int j = 0; j < 16; ++j)
-          *reinterpret_cast<uint32_t*>(dst + h * 128 + 8 * j + 2 * t) =
-              pack_bf16x2(o[h][4 * j + 2 * hh] * inv, o[h][4 * j + 2 * hh + 1] * inv);
-    }
+  bf16* out = a.out + (int64_t)s * a.R * kDh;
+  if (gridDim.z == 1) {  // one split
+    store_rows(o, l_run, row0, a.R, out);
     return;
   }
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
+  // The splits' unnormalised O and (max, sum) of each row, for the cluster merge (split_merge.cuh).
   float* ob = reinterpret_cast<float*>(&sm.q[0][0]);  // q, k, v are free (the loop's last sync)
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
@@ -392,48 +381,8 @@ __global__ void __launch_bounds__(128, 1) attention_wgmma_split_kernel(const __g
             make_float2(o[h][4 * j + 2 * hh], o[h][4 * j + 2 * hh + 1]);
     if (t == 0) sm.ml[r][0] = m_run[hh], sm.ml[r][1] = l_run[hh];
   }
-  cluster.sync();
-  const int cs = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
-  if (tid < kRows) {  // row tid's weight of each split: exp2(m_s - m) / sum_s l_s exp2(m_s - m)
-    float ms[kMaxSplit], ls[kMaxSplit], mx = -INFINITY;
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplit; ++sp) {
-      ms[sp] = -INFINITY, ls[sp] = 0.f;
-      if (sp < cs) {
-        const float2 r = *cluster.map_shared_rank(reinterpret_cast<float2*>(&sm.ml[tid][0]), sp);
-        ms[sp] = r.x, ls[sp] = r.y;
-        mx = fmaxf(mx, ms[sp]);
-      }
-    }
-    const float m_use = mx == -INFINITY ? 0.f : mx;
-    float total = 0.f;
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplit; ++sp) total += ls[sp] * exp2f(ms[sp] - m_use);
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplit; ++sp) sm.wts[tid][sp] = exp2f(ms[sp] - m_use) * inv;
-  }
-  __syncthreads();
-  const int c4_begin = rank * (kDh / 4) / cs, c4_end = (rank + 1) * (kDh / 4) / cs, width = c4_end - c4_begin;
-  for (int idx = tid; idx < kRows * width; idx += 128) {
-    const int r = idx / width, c = (c4_begin + idx % width) * 4, row = row0 + r;
-    if (row >= a.R) continue;
-    float4 v[kMaxSplit];
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplit; ++sp)
-      if (sp < cs) v[sp] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(ob + r * kOStride + c, sp));
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int sp = 0; sp < kMaxSplit; ++sp)
-      if (sp < cs) {
-        const float wt = sm.wts[r][sp];
-        acc.x += wt * v[sp].x, acc.y += wt * v[sp].y, acc.z += wt * v[sp].z, acc.w += wt * v[sp].w;
-      }
-    bf16* dst = a.out + ((int64_t)s * a.R + row) * kDh + c;
-    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(acc.x, acc.y);
-    *reinterpret_cast<uint32_t*>(dst + 2) = pack_bf16x2(acc.z, acc.w);
-  }
-  cluster.sync();  // the other blocks may still read this block's shared memory
+  cluster_merge<kRows, kDh, 128>(ob, kOStride, sm.ml, sm.wts, kDh,
+                                 [&](int r) -> bf16* { return row0 + r < a.R ? out + (int64_t)(row0 + r) * kDh : nullptr; });
 #endif
 }
 

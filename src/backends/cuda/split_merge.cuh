@@ -1,0 +1,72 @@
+// The merge of an attention's key splits inside a thread-block cluster, shared by the split kernels
+// of attention.cu (mma.sync) and attention_wgmma.cu (wgmma).
+#pragma once
+
+#include <cooperative_groups.h>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/mma.cuh"
+
+namespace pirt::cuda {
+
+constexpr int kMaxMergeSplits = 16;  // a non-portable cluster size (sm_90)
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+// The cs blocks of a cluster are the key splits of one query tile. Each has left in its shared memory
+// its unnormalised O (fp32: ROWS rows of `ostride` floats at `ob`) and each row's running (max, sum)
+// in ml[row]. Block `rank` finishes the column groups of 4 [rank, rank + 1) * DH / 4 / cs of every
+// row through DSMEM: sum_s w_s O_s with w_s = exp2(m_s - m) / sum_s l_s exp2(m_s - m), rounded to bf16
+// at out(row) + column; out(row) null: a padding row; columns at or past dh are skipped. wts: ROWS x
+// MAXS (>= cs) floats of scratch. Starts with a cluster barrier (the partials written) and ends with
+// one (no block may leave while the others still read its shared memory).
+template <int ROWS, int DH, int NT, int MAXS = kMaxMergeSplits, class Out>
+__device__ void cluster_merge(const float* ob, int ostride, const float (*ml)[2], float (*wts)[MAXS], int dh, Out out) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const int cs = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
+  if (threadIdx.x < ROWS) {  // row threadIdx.x's weight of each split
+    const int rl = threadIdx.x;
+    float ms[MAXS], ls[MAXS], mx = -INFINITY;
+#pragma unroll
+    for (int sp = 0; sp < MAXS; ++sp) {
+      ms[sp] = -INFINITY, ls[sp] = 0.f;
+      if (sp < cs) {
+        const float2 r = *cluster.map_shared_rank(reinterpret_cast<const float2*>(&ml[rl][0]), sp);
+        ms[sp] = r.x, ls[sp] = r.y;
+        mx = fmaxf(mx, ms[sp]);
+      }
+    }
+    const float m_use = mx == -INFINITY ? 0.f : mx;
+    float total = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < MAXS; ++sp) total += ls[sp] * exp2f(ms[sp] - m_use);
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+    for (int sp = 0; sp < MAXS; ++sp) wts[rl][sp] = exp2f(ms[sp] - m_use) * inv;
+  }
+  __syncthreads();
+  const int c4_begin = rank * (DH / 4) / cs, c4_end = (rank + 1) * (DH / 4) / cs, width = c4_end - c4_begin;
+  for (int idx = threadIdx.x; idx < ROWS * width; idx += NT) {
+    const int rl = idx / width, c = (c4_begin + idx % width) * 4;
+    bf16* dst = out(rl);
+    if (!dst || c >= dh) continue;
+    float4 v[MAXS];
+#pragma unroll
+    for (int sp = 0; sp < MAXS; ++sp)
+      if (sp < cs) v[sp] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(ob + rl * ostride + c, sp));
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int sp = 0; sp < MAXS; ++sp)
+      if (sp < cs) {
+        const float w = wts[rl][sp];
+        acc.x += w * v[sp].x, acc.y += w * v[sp].y, acc.z += w * v[sp].z, acc.w += w * v[sp].w;
+      }
+    *reinterpret_cast<uint32_t*>(dst + c) = pack_bf16x2(acc.x, acc.y);  // (dh % 8 == 0: all 4 columns are in)
+    *reinterpret_cast<uint32_t*>(dst + c + 2) = pack_bf16x2(acc.z, acc.w);
+  }
+  cluster.sync();
+}
+#endif
+
+}  // namespace pirt::cuda
