@@ -704,35 +704,9 @@ void launch_split(const FastParams& p, cudaStream_t s) {
 
 // Whether the device takes a non-portable cluster of 16 split blocks (queried once).
 bool big_clusters_ok() {
-  static int ok = -1;
-  if (ok < 0) {
-    ok = 0;
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9) {
-      const size_t smem = sizeof(SplitSmem<256, 2, 4>);
-      if (cudaFuncSetAttribute(attention_split_kernel<256, 2, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) ==
-              cudaSuccess &&
-          cudaFuncSetAttribute(attention_split_kernel<256, 2, 4>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
-              cudaSuccess) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(1, 1, kMaxSplitCluster);
-        cfg.blockDim = dim3(256);  // 2 x 4 warps
-        cfg.dynamicSmemBytes = smem;
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = 1;
-        attr[0].val.clusterDim.y = 1;
-        attr[0].val.clusterDim.z = kMaxSplitCluster;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        int n = 0;
-        if (cudaOccupancyMaxActiveClusters(&n, attention_split_kernel<256, 2, 4>, &cfg) == cudaSuccess && n >= 4) ok = 1;
-      }
-    }
-    cudaGetLastError();  // clear a failed query
-  }
-  return ok == 1;
+  static const bool ok =
+      big_merge_clusters_ok(attention_split_kernel<256, 2, 4>, 256, sizeof(SplitSmem<256, 2, 4>));  // 2 x 4 warps
+  return ok;
 }
 
 

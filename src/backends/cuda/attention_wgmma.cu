@@ -387,30 +387,14 @@ __global__ void __launch_bounds__(128, 1) attention_wgmma_split_kernel(const __g
 }
 
 // Key splits a row tile: every tile its own split up to the largest cluster the device schedules.
+// (Also sets the kernel's shared-memory limit, which its launch needs.)
 int max_split_cluster() {
-  static int maxc = 0;
-  if (!maxc) {
-    maxc = 8;
-    if (cudaFuncSetAttribute(attention_wgmma_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)kSplitSmemBytes) == cudaSuccess &&
-        cudaFuncSetAttribute(attention_wgmma_split_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) ==
-            cudaSuccess) {
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(1, 1, kMaxSplit);
-      cfg.blockDim = dim3(128);
-      cfg.dynamicSmemBytes = kSplitSmemBytes;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = 1;
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = kMaxSplit;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
-      int n = 0;
-      if (cudaOccupancyMaxActiveClusters(&n, attention_wgmma_split_kernel, &cfg) == cudaSuccess && n >= 4) maxc = kMaxSplit;
-    }
-    cudaGetLastError();  // clear a failed query
-  }
+  static const int maxc = [] {
+    if (big_merge_clusters_ok(attention_wgmma_split_kernel, 128, kSplitSmemBytes)) return kMaxSplit;
+    CUDA_CHECK(cudaFuncSetAttribute(attention_wgmma_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)kSplitSmemBytes));
+    return 8;
+  }();
   return maxc;
 }
 

@@ -69,4 +69,32 @@ __device__ void cluster_merge(const float* ob, int ostride, const float (*ml)[2]
 }
 #endif
 
+// Whether the device runs `kernel` (`threads` a block, `smem` bytes of dynamic shared memory) as
+// clusters of kMaxMergeSplits blocks along z, at least 4 at once: a non-portable size, sm_90 only.
+// Sets the kernel's shared-memory limit and its non-portable-cluster attribute on the way.
+template <class Kernel>
+bool big_merge_clusters_ok(Kernel kernel, int threads, size_t smem) {
+  int dev = 0, major = 0, n = 0;
+  bool ok = cudaGetDevice(&dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) == cudaSuccess &&
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+  if (ok) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(1, 1, kMaxMergeSplits);
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = kMaxMergeSplits;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    ok = cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) == cudaSuccess && n >= 4;
+  }
+  cudaGetLastError();  // clear a failed query
+  return ok;
+}
+
 }  // namespace pirt::cuda
