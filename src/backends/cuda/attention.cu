@@ -404,7 +404,6 @@ void launch_fast(const FastParams& p, int row_tiles, bool cluster, cudaStream_t 
 // Default 2 x 4 (32 rows, 8 warps): pi0's action step is 13 query tiles x 7 splits (2 tiles each).
 // Measured on H100 (kernel_bench): the merge (~64 KB a block over DSMEM) and fixed costs dominate; a
 // merge through L2 (workspace) was slower, more splits (14, one tile each) no faster.
-constexpr int kMaxSplitCluster = kMaxMergeSplits;
 
 template <int DHP, int RW, int KQ>
 struct SplitSmem {
@@ -421,7 +420,7 @@ struct SplitSmem {
   float xsum[KQ][kBRs];
   float ml[kBRs][2];
   static_assert(sizeof(float) * kBRs * kOStride <= sizeof(bf16) * 2 * kBK * kStride, "O buffer must fit in k+v");
-  static_assert(sizeof(float) * kMaxSplitCluster <= sizeof(bf16) * kPStride, "merge weights must fit in pm");
+  static_assert(sizeof(float) * kMaxMergeSplits <= sizeof(bf16) * kPStride, "merge weights must fit in pm");
 };
 
 template <int DHP, int RW, int KQ, bool IsK>
@@ -678,28 +677,9 @@ void launch_split(const FastParams& p, cudaStream_t s) {
     nonportable_set = true;
   }
   const int row_tiles = (p.R + RW * 16 - 1) / (RW * 16);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(row_tiles, p.S * p.Hkv, p.nsplit);
-  cfg.blockDim = dim3(RW * KQ * 32);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[2];
-  int na = 0;
-  if (p.nsplit > 1) {
-    attr[na].id = cudaLaunchAttributeClusterDimension;
-    attr[na].val.clusterDim.x = 1;
-    attr[na].val.clusterDim.y = 1;
-    attr[na].val.clusterDim.z = p.nsplit;
-    ++na;
-  }
-  if (pdl_enabled()) {  // starts during the previous kernel's tail; waits for it before any load
-    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[na].val.programmaticStreamSerializationAllowed = 1;
-    ++na;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = na;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, attention_split_kernel<DHP, RW, KQ>, p));
+  // (with --pdl: starts during the previous kernel's tail; waits for it before any load)
+  launch(attention_split_kernel<DHP, RW, KQ>, dim3(row_tiles, p.S * p.Hkv, p.nsplit), dim3(RW * KQ * 32), smem, s,
+         dim3(1, 1, p.nsplit), p);
 }
 
 // Whether the device takes a non-portable cluster of 16 split blocks (queried once).
@@ -737,7 +717,7 @@ Plan choose_plan(const AttentionArgs& a, int num_sms, int force_splits, bool clu
   }
   const int base = (R + pl.rw * 16 - 1) / (pl.rw * 16) * a.S * a.Hkv;
   const int ntiles = (a.Tk + kBK - 1) / kBK;
-  const int maxc = big_clusters_ok() ? kMaxSplitCluster : kMaxCluster;
+  const int maxc = big_clusters_ok() ? kMaxMergeSplits : kMaxCluster;
   int ns = force_splits > 0 ? force_splits : (few ? (num_sms + base - 1) / base : 1);
   ns = std::max(1, std::min({ns, ntiles, maxc}));
   const int per = (ntiles + ns - 1) / ns;
@@ -825,7 +805,7 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
     return true;
   }
   // Few query tiles over one KV head of 256 (the action steps): the wgmma split kernel (clusters).
-  if (wgmma && cluster && attention_kernel_variant == 0 && attention_wgmma_supported(a) && a.Tk > 0) {
+  if (wgmma && cluster && attention_kernel_variant == 0 && attention_wgmma_supported(a)) {
     attention_wgmma_split(a, s, force_splits);
     return true;
   }

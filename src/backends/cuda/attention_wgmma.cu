@@ -289,7 +289,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 // the row tiles, so half the K/V bytes read from L2, and bulk copies for what is left. The merge
 // (~4 us of ~9.4) moves 64 KB a block however it is split; pushing it by bulk copies or going through
 // L2 (plain or TMA stores and loads) measured slower (docs/cuda.md).
-constexpr int kMaxSplit = kMaxMergeSplits;  // non-portable cluster size (H100: clusters of 16 blocks of ~110 KB)
 constexpr int kOStride = kDh + 8;   // fp32 a row of the merge's O: conflict-free float2 stores
 
 struct SplitSmem {
@@ -298,7 +297,7 @@ struct SplitSmem {
   bf16 v[kDh / 64][kBox];  // q, k, v adjacent: the merge's fp32 O [64][kOStride] over them
   bf16 p[kBox];
   float ml[kRows][2];
-  float wts[kRows][kMaxSplit];
+  float wts[kRows][kMaxMergeSplits];
   uint64_t bar_q, bar_k, bar_v;
 };
 static_assert(sizeof(float) * kRows * kOStride <= 3 * sizeof(bf16) * kDh * kRows, "O must fit over q, k, v");
@@ -390,7 +389,7 @@ __global__ void __launch_bounds__(128, 1) attention_wgmma_split_kernel(const __g
 // (Also sets the kernel's shared-memory limit, which its launch needs.)
 int max_split_cluster() {
   static const int maxc = [] {
-    if (big_merge_clusters_ok(attention_wgmma_split_kernel, 128, kSplitSmemBytes)) return kMaxSplit;
+    if (big_merge_clusters_ok(attention_wgmma_split_kernel, 128, kSplitSmemBytes)) return kMaxMergeSplits;
     CUDA_CHECK(cudaFuncSetAttribute(attention_wgmma_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)kSplitSmemBytes));
     return 8;
@@ -434,7 +433,7 @@ void attention_wgmma_split(const AttentionArgs& a, cudaStream_t s, int force_spl
   PIRT_CHECK(attention_wgmma_supported(a), "attention_wgmma_split: unsupported shape (head dim %d, %d KV heads)",
              a.Dh, a.Hkv);
   const int maxc = max_split_cluster();  // (also sets the kernel's attributes)
-  const int ntiles = std::max(1, (a.Tk + kKeys - 1) / kKeys);
+  const int ntiles = (a.Tk + kKeys - 1) / kKeys;  // (Tk >= 1: attention_wgmma_supported)
   int ns = std::min({force_splits > 0 ? force_splits : ntiles, ntiles, maxc});
   const int per = (ntiles + ns - 1) / ns;
   ns = (ntiles + per - 1) / per;  // no empty splits
@@ -445,32 +444,14 @@ void attention_wgmma_split(const AttentionArgs& a, cudaStream_t s, int force_spl
   w.Tk = a.Tk;
   w.per = per;
   w.q = make_tma_map(a.q, (int64_t)a.S * w.R, kDh, kRows);
-  w.k = make_tma_map(a.k, (int64_t)a.S * std::max(a.Tk, 1), kDh, kKeys);
-  w.v = make_tma_map(a.v, (int64_t)a.S * std::max(a.Tk, 1), kDh, kKeys);
+  w.k = make_tma_map(a.k, (int64_t)a.S * a.Tk, kDh, kKeys);
+  w.v = make_tma_map(a.v, (int64_t)a.S * a.Tk, kDh, kKeys);
   w.out = static_cast<bf16*>(a.out);
   w.q_block = a.q_block;
   w.k_block = a.k_block;
   w.scale_log2 = a.scale * 1.4426950408889634f;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((w.R + kRows - 1) / kRows, a.S, ns);
-  cfg.blockDim = dim3(128);
-  cfg.dynamicSmemBytes = kSplitSmemBytes;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[2];
-  int n = 0;
-  attr[n].id = cudaLaunchAttributeClusterDimension;
-  attr[n].val.clusterDim.x = 1;
-  attr[n].val.clusterDim.y = 1;
-  attr[n].val.clusterDim.z = ns;
-  ++n;
-  if (pdl_enabled()) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n].val.programmaticStreamSerializationAllowed = 1;
-    ++n;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = n;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, attention_wgmma_split_kernel, w));
+  launch(attention_wgmma_split_kernel, dim3((w.R + kRows - 1) / kRows, a.S, ns), dim3(128), kSplitSmemBytes, s,
+         dim3(1, 1, ns), w);
 }
 
 }  // namespace pirt::cuda

@@ -267,7 +267,7 @@ void launch_bn_mt(const SmallGemmPlan& plan, const Params& p, cudaStream_t s) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr_set = true;
   }
-  launch(kernel, dim3(plan.col_tiles, plan.splits), dim3(kThreads), smem, s, plan.cluster ? plan.splits : 1, p);
+  launch(kernel, dim3(plan.col_tiles, plan.splits), dim3(kThreads), smem, s, dim3(1, plan.cluster ? plan.splits : 1), p);
 }
 
 template <int BN>
