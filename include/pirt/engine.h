@@ -42,6 +42,7 @@ struct EngineOptions {
   bool block_kernel = true;      // CUDA: the action expert's block tail as one persistent kernel (sm_90a)
   bool wgmma_attention = true;   // CUDA: the prefix's and the action steps' attention on wgmma + TMA (sm_90a)
   bool step_kernel = true;       // CUDA: the boundary between two flow steps as one persistent kernel
+  bool step_pdl = true;          // CUDA: the steps' attention and block tail kernels overlap (PDL)
   std::string tuning_file;       // CUDA: GEMM algorithm per shape (pirt tune); "": bench/tuning/, "none": heuristic
 };
 

@@ -40,6 +40,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, [[maybe_unused]
     co.block_kernel = opt.block_kernel;
     co.wgmma_attention = opt.wgmma_attention;
     co.step_kernel = opt.step_kernel;
+    co.step_pdl = opt.step_pdl;
     co.tuning_file = opt.tuning_file;
     return make_cuda_backend(co);
   }

@@ -30,6 +30,7 @@ EngineOptions engine_options(const Args& a) {
   o.fused_small_gemm = a.flag("--fused-small-gemm");
   o.block_kernel = !a.flag("--no-block-kernel");
   o.step_kernel = !a.flag("--no-step-kernel");
+  o.step_pdl = !a.flag("--no-step-pdl");
   o.wgmma_attention = !a.flag("--no-wgmma-attention");
   o.tuning_file = a.str("--tuning");
   return o;
@@ -50,10 +51,13 @@ const char* kEngineFlagsHelp =
     "  --no-wgmma-attention     attention on the mma.sync flash / split kernels, not on wgmma\n"
     "  --no-step-kernel         the Euler update and the next step's action embedding as separate\n"
     "                           kernels, not one persistent kernel between two flow steps\n"
+    "  --no-step-pdl            each action-step attention and block tail kernel waits for the one\n"
+    "                           before to finish, instead of starting on the SMs it leaves idle\n"
 
     "  --tuning FILE|none       GEMM algorithms per shape (pirt tune); default: bench/tuning/ for this GPU\n";
 const std::set<std::string> kEngineFlags = {"--no-drop-padding", "--no-fuse", "--no-graphs", "--no-small-gemm", "--pdl", "--fused-small-gemm",
-                                           "--no-block-kernel", "--no-wgmma-attention", "--no-step-kernel"};
+                                           "--no-block-kernel", "--no-wgmma-attention", "--no-step-kernel",
+                                           "--no-step-pdl"};
 
 namespace {
 
@@ -228,7 +232,8 @@ int cmd_bench(int argc, char** argv) {
                           {"fused_small_gemm", opt.fused_small_gemm},
                           {"block_kernel", opt.block_kernel},
                           {"wgmma_attention", opt.wgmma_attention},
-                          {"step_kernel", opt.step_kernel}}}};
+                          {"step_kernel", opt.step_kernel},
+                          {"step_pdl", opt.step_pdl}}}};
     std::ofstream f(a.str("--json"));
     if (!f) throw_error("cannot write " + a.str("--json"));
     f << j.dump(2) << "\n";

@@ -10,7 +10,10 @@
 //                                                partners 128 further; optional)
 //
 // One block per SM, every block resident (a cooperative launch); the phases are separated by a grid
-// barrier. Why: at 51 rows each of these ops is a few microseconds of weight streaming, and as
+// barrier. With `pdl` the launch is a programmatic dependent of the attention before it: blocks start
+// on the SMs the attention leaves idle (or as its blocks leave), issue their first G1 weights and
+// only then wait for it; with `trigger`, the next attention may launch once G4 starts (it waits for
+// this kernel before its first load). Worth ~1% end to end (bench/RESULTS.md, session 8). Why: at 51 rows each of these ops is a few microseconds of weight streaming, and as
 // separate kernels each also paid launch, ramp-up and tail (about 2 us each, ten kernels a layer).
 // (Issuing the next phase's weights before its barrier, or bringing them into L2 early, measured
 // slower: bench/RESULTS.md, sessions 3 and 4.)
@@ -86,18 +89,37 @@ __device__ __forceinline__ void issue(const Pipe& pp, const CUtensorMap* tw, con
   tma_load(st + kWRows * kBK, tx, k0, 0, bar);
 }
 
+// Chunk c's weight rows alone, its stage armed for the weights and the x tile (gemm_unit's `pre`
+// issues the x tile later).
+template <int BN>
+__device__ __forceinline__ void issue_w(const Pipe& pp, const CUtensorMap* tw, const Unit& u, int c, int g) {
+  const int slot = g % kStages;
+  bf16* st = pp.smem + slot * kStageElems;
+  uint64_t* bar = pp.full + slot;
+  const int k0 = (u.c0 + c) * kBK;
+  mbar_arrive_expect(bar, (BN + 64) * kBK * 2);
+  tma_load_hint(st, tw, k0, u.ra, bar, pp.evict_first);
+  tma_load_hint(st + (BN / 2) * kBK, tw, k0, u.rb, bar, pp.evict_first);
+}
+
 // acc (BN / 4 floats a thread) = x[0:64, k range] . w[unit rows, k range]^T; warpgroup wg holds
 // columns [wg * BN / 2, (wg + 1) * BN / 2) of the unit (wgmma.cuh gives the fragment layout). The
 // wgmma of chunk c runs while the block waits for chunk c + 1 and refills chunk c - 1's stage.
 template <int BN>
-__device__ void gemm_unit(Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx, const Unit& u, float* acc) {
+__device__ void gemm_unit(Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx, const Unit& u, float* acc, int pre = 0) {
   constexpr int HN = BN / 2, SETS = 4;
   const int wg = threadIdx.x >> 7;
   const int nch = u.c1 - u.c0;
   if (threadIdx.x == kProducer) {
     fence_proxy_async_global();  // the previous phase's generic stores (other blocks'), before TMA reads
 #pragma unroll 1  // (code size: every instruction fetched after a phase's weights went through L2 costs)
-    for (int c = 0; c < kStages && c < nch; ++c) issue<BN>(pp, tw, tx, u, c, pp.g + c);
+    for (int c = 0; c < kStages && c < nch; ++c) {
+      if (c < pre)  // weights already on their way (issue_w): the x tile alone
+        tma_load(pp.smem + ((pp.g + c) % kStages) * kStageElems + kWRows * kBK, tx, (u.c0 + c) * kBK, 0,
+                 pp.full + (pp.g + c) % kStages);
+      else
+        issue<BN>(pp, tw, tx, u, c, pp.g + c);
+    }
   }
   float part[SETS][HN / 2];
 #pragma unroll
@@ -185,7 +207,6 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   stamp(timing, kTailStamps, 0);
   unsigned long long target = 0;
   if (tid == 0) {
-    target = grid_barrier_base(p.barrier, kBarriers);
     for (int i = 0; i < kStages; ++i) mbar_init(full + i, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -210,6 +231,18 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
     return Unit{tile * kSplitBN, tile * kSplitBN + kSplitBN / 2, c0, c1};
   };
   auto unit_gu = [&](int u) { return Unit{u * 32, F + u * 32, 0, d_ch}; };
+  // The block's first output-projection unit's weights do not depend on the kernel before (the
+  // attention): issue them before waiting for it (a programmatic dependent launch; pdl_wait is a
+  // no-op otherwise).
+  int pre_o = 0;
+  if (tid == kProducer && bid < units_o) {
+    const Unit u = unit_split(bid, ko_ch, p.splits_o);
+    pre_o = u.c1 - u.c0 < kStages ? u.c1 - u.c0 : kStages;
+#pragma unroll 1
+    for (int c = 0; c < pre_o; ++c) issue_w<kSplitBN>(pp, mp + kWo, u, c, c);
+  }
+  pdl_wait();
+  if (tid == 0) target = grid_barrier_base(p.barrier, kBarriers);
   auto unit_qkv = [&](int u) {
     const int a = (u / per_head) * p.head_dim + (u % per_head) * 16;
     return Unit{a, a + half, 0, d_ch};
@@ -261,7 +294,7 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   // ---- G1: attn . wo^T -> partials ----
 #pragma unroll 1
   for (int u = bid; u < units_o; u += grid) {
-    gemm_unit<kSplitBN>(pp, mp + kWo, mp + kAttn, unit_split(u, ko_ch, p.splits_o), acc);
+    gemm_unit<kSplitBN>(pp, mp + kWo, mp + kAttn, unit_split(u, ko_ch, p.splits_o), acc, u == bid ? pre_o : 0);
     store_partials(u);
   }
   stamp(timing, kTailStamps, 1);
@@ -311,6 +344,7 @@ __global__ void __launch_bounds__(kThreads, 1) block_tail_kernel(const __grid_co
   stamp(timing, kTailStamps, 9);
   grid_barrier(p.barrier, target, has_qkv);  // (kBarriers arrivals a launch either way)
   stamp(timing, kTailStamps, 10);
+  if (p.trigger) pdl_trigger();  // the next attention may take the SMs G4 leaves idle (and wait there)
   if (!has_qkv) return;
   // ---- G4: xn . wqkv^T -> RoPE -> q, k, v ----
 #pragma unroll 1
@@ -371,7 +405,7 @@ void block_tail(BlockTailParams p, int num_sms, cudaStream_t s) {
   a.map[kMlp] = make_tma_map(p.mlp, p.M, p.F, 64);
   a.map[kWd] = make_tma_map(p.wd, p.D, p.F, kSplitBN / 2);
   a.map[kWqkv] = p.wqkv ? make_tma_map(p.wqkv, (int64_t)(p.heads + 2 * p.kv_heads) * p.head_dim, p.D, 16) : a.map[kWd];
-  launch_cooperative(block_tail_kernel, num_sms, kThreads, kSmemBytes, s, a);
+  launch_cooperative(block_tail_kernel, num_sms, kThreads, kSmemBytes, s, a, p.pdl);
 }
 
 }  // namespace pirt::cuda

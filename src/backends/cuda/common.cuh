@@ -239,11 +239,10 @@ __device__ __forceinline__ void pdl_trigger() {
 }
 
 // Launches kernel<<<grid, block, smem, s>>>(args...), with programmatic stream serialization when
-// pdl_enabled() (kernels.h) and, when `cluster` has more than one block, as thread-block clusters of
-// that shape.
+// `pdl` and, when `cluster` has more than one block, as thread-block clusters of that shape.
 template <class... KArgs, class... Args>
-void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, dim3 cluster,
-            Args&&... args) {
+void launch_pdl(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, dim3 cluster,
+                Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -251,7 +250,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaSt
   cfg.stream = s;
   cudaLaunchAttribute attr[2];
   int n = 0;
-  if (pdl_enabled()) {
+  if (pdl) {
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n].val.programmaticStreamSerializationAllowed = 1;
     ++n;
@@ -268,11 +267,20 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaSt
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
+// The same, with programmatic stream serialization when pdl_enabled() (kernels.h).
+template <class... KArgs, class... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, dim3 cluster,
+            Args&&... args) {
+  launch_pdl(pdl_enabled(), kernel, grid, block, smem, s, cluster, std::forward<Args>(args)...);
+}
+
 // Launches a persistent kernel (grid barriers: common.cuh grid_barrier) as a cooperative launch of
-// `grid` blocks, which fails instead of deadlocking when they cannot all be resident. The kernel's
-// dynamic shared memory limit is raised to `smem` on the first call.
+// `grid` blocks, which fails instead of deadlocking when they cannot all be resident; `pdl`: also a
+// programmatic dependent of the kernel before it. The kernel's dynamic shared memory limit is raised
+// to `smem` on the first call.
 template <class KArg>
-void launch_cooperative(void (*kernel)(KArg), int grid, int threads, size_t smem, cudaStream_t s, const KArg& arg) {
+void launch_cooperative(void (*kernel)(KArg), int grid, int threads, size_t smem, cudaStream_t s, const KArg& arg,
+                        bool pdl = false) {
   static bool attr_set = false;  // (one flag per kernel signature: every persistent kernel has its own)
   if (!attr_set) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -283,11 +291,13 @@ void launch_cooperative(void (*kernel)(KArg), int grid, int threads, size_t smem
   cfg.blockDim = dim3(threads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeCooperative;
   attr[0].val.cooperative = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = pdl ? 2 : 1;
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, arg));
 }
 

@@ -62,6 +62,7 @@ class CudaBackend final : public Backend {
     opt_.wgmma_attention = false;
 #endif
     if (prop.major != 9) opt_.block_kernel = false, opt_.wgmma_attention = false;
+    if (!opt_.block_kernel || !opt_.wgmma_attention) opt_.step_pdl = false;
     set_pdl_enabled(opt_.pdl);
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     lt_ws_ = raw_alloc(kLtWorkspace);
@@ -465,6 +466,7 @@ class CudaBackend final : public Backend {
     p.partials = tail_partials_;
     p.rope = static_cast<float2*>(tail_rope_);
     p.barrier = tail_barrier_;
+    p.pdl = p.trigger = opt_.step_pdl;
     block_tail(p, num_sms_, stream_);
   }
 
@@ -593,7 +595,7 @@ class CudaBackend final : public Backend {
     }
     if (opt_.fast_attention &&
         attention_fast(a, attn_ws_, kAttentionWorkspace, num_sms_, stream_, 0, opt_.attention_clusters,
-                       opt_.wgmma_attention))
+                       opt_.wgmma_attention, opt_.step_pdl))
       return;
     attention_reference(a, stream_);
   }
