@@ -10,13 +10,15 @@
 //                                                partners 128 further; optional)
 //
 // One block per SM, every block resident (a cooperative launch); the phases are separated by a grid
-// barrier. With `pdl` the launch is a programmatic dependent of the attention before it: blocks start
-// on the SMs the attention leaves idle (or as its blocks leave), issue their first G1 weights and
-// only then wait for it; with `trigger`, the next attention may launch once G4 starts (it waits for
-// this kernel before its first load). Worth ~1% end to end (bench/RESULTS.md, session 8). Why: at 51 rows each of these ops is a few microseconds of weight streaming, and as
+// barrier. Why: at 51 rows each of these ops is a few microseconds of weight streaming, and as
 // separate kernels each also paid launch, ramp-up and tail (about 2 us each, ten kernels a layer).
 // (Issuing the next phase's weights before its barrier, or bringing them into L2 early, measured
-// slower: bench/RESULTS.md, sessions 3 and 4.)
+// slower: bench/RESULTS.md, sessions 3, 4, 7 and 8.)
+//
+// With `pdl` the launch is a programmatic dependent of the attention before it: blocks start on the
+// SMs the attention leaves idle (or as its blocks leave), issue their first G1 weights and only then
+// wait for it; with `trigger`, the next attention may launch once G4 starts (it waits for this kernel
+// before its first load). 0.5-0.7% end to end (bench/RESULTS.md, session 8).
 //
 // GEMM units are the small-M GEMM's (gemm_small.cu) scheme: x is the 64-row A operand of wgmma
 // (rows >= M zero), a unit's 32 or 64 weight rows the B operand, 64-wide k chunks through a TMA

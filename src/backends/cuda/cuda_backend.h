@@ -40,7 +40,7 @@ struct CudaOptions {
   // The action steps' attention (wgmma split kernel) and block tail kernels chained by programmatic
   // dependent launch (sm_90a): a block tail starts on the SMs the attention leaves idle and issues its
   // first weights before it waits; the next attention launches once the tail's last phase (the QKV)
-  // starts. Results are identical either way; 1% end to end on an H100 (bench/RESULTS.md, session 8).
+  // starts. Results are identical either way; 0.5-0.7% end to end on an H100 (bench/RESULTS.md, session 8).
   bool step_pdl = true;
   bool attention_clusters = true;  // key splits merged in a thread-block cluster; false: a merge kernel
   // Programmatic dependent launch of our kernels (sm_90+): each may start during the tail of the one
