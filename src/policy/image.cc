@@ -1,6 +1,8 @@
 #include "policy/image.h"
 
+#include <array>
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
 
@@ -24,6 +26,20 @@ ImageU8 parse_image(const NdArray& a, ImageLayout layout, const std::string& wha
   img.pixels.resize(static_cast<size_t>(h * w * 3));
   const bool is_u8 = a.dtype == "|u1";
   const auto* u8 = reinterpret_cast<const uint8_t*>(a.data.data());
+  if (is_u8 && !chw) {  // (the usual request: nothing to convert)
+    std::memcpy(img.pixels.data(), u8, img.pixels.size());
+    return img;
+  }
+  if (is_u8) {  // CHW -> HWC
+    const int64_t plane = h * w;
+    uint8_t* dst = img.pixels.data();
+    for (int64_t i = 0; i < plane; ++i) {
+      dst[3 * i] = u8[i];
+      dst[3 * i + 1] = u8[plane + i];
+      dst[3 * i + 2] = u8[2 * plane + i];
+    }
+    return img;
+  }
   for (int64_t y = 0; y < h; ++y)
     for (int64_t x = 0; x < w; ++x)
       for (int64_t ch = 0; ch < 3; ++ch) {
@@ -177,7 +193,14 @@ ImageU8 resize_with_pad(const ImageU8& in, int height, int width) {
 }
 
 void to_model_range(const ImageU8& in, float* out) {
-  for (size_t i = 0; i < in.pixels.size(); ++i) out[i] = static_cast<float>(in.pixels[i]) / 255.0f * 2.0f - 1.0f;
+  static const std::array<float, 256> lut = [] {  // the formula's value for each byte, computed once
+    std::array<float, 256> t{};
+    for (int v = 0; v < 256; ++v) t[v] = static_cast<float>(v) / 255.0f * 2.0f - 1.0f;
+    return t;
+  }();
+  const uint8_t* p = in.pixels.data();
+  const size_t n = in.pixels.size();
+  for (size_t i = 0; i < n; ++i) out[i] = lut[p[i]];
 }
 
 }  // namespace pirt

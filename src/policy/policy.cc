@@ -1,5 +1,6 @@
 #include "policy/policy.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -100,14 +101,10 @@ PreparedRequest Policy::prepare(const Value& request) const {
   PreparedRequest r;
   const int size = config_.vision.image_size;
   for (int c = 0; c < ModelConfig::kNumCameras; ++c) {
-    r.images[c].resize(static_cast<size_t>(size) * size * 3);
-    if (in.images[c]) {
-      to_model_range(resize_with_pad(*in.images[c], size, size), r.images[c].data());
-      r.image_masks[c] = true;
-    } else {
-      std::fill(r.images[c].begin(), r.images[c].end(), -1.0f);  // zeros_like -> -1
-      r.image_masks[c] = false;
-    }
+    r.image_masks[c] = in.images[c].has_value();
+    if (!in.images[c]) continue;  // zeros_like -> -1 in make_inputs
+    ImageU8& im = *in.images[c];
+    r.images[c] = im.height == size && im.width == size ? std::move(im) : resize_with_pad(im, size, size);
   }
   r.prompt = tokenizer_->tokenize(prompt, discrete_state_ ? in.state.data() : nullptr, d, config_.max_token_len);
 
@@ -142,21 +139,36 @@ Value Policy::finish(const PreparedRequest& req, const float* actions, const Req
 }
 
 ModelInputs Policy::make_inputs(const std::vector<const PreparedRequest*>& reqs) const {
+  ModelInputs in;
+  fill_inputs(reqs, in);
+  return in;
+}
+
+void Policy::fill_inputs(const std::vector<const PreparedRequest*>& reqs, ModelInputs& in) const {
   const int64_t B = static_cast<int64_t>(reqs.size());
   const int64_t S = config_.vision.image_size, L = config_.max_token_len, A = config_.action_dim, H = horizon_;
-  ModelInputs in;
+  auto shaped = [](HostTensor& t, DType dt, const Shape& s) {
+    if (t.dtype() != dt || !(t.shape() == s) || t.numel() == 0) t = HostTensor(dt, s);
+  };
   for (int c = 0; c < ModelConfig::kNumCameras; ++c) {
-    in.images[c] = HostTensor(DType::F32, Shape{B, S, S, 3});
-    in.image_masks[c] = HostTensor(DType::BOOL, Shape{B});
+    shaped(in.images[c], DType::F32, Shape{B, S, S, 3});
+    shaped(in.image_masks[c], DType::BOOL, Shape{B});
   }
-  in.tokenized_prompt = HostTensor(DType::I32, Shape{B, L});
-  in.tokenized_prompt_mask = HostTensor(DType::BOOL, Shape{B, L});
-  in.state = HostTensor(DType::F32, Shape{B, A});
-  in.noise = HostTensor(DType::F32, Shape{B, H, A});
+  shaped(in.tokenized_prompt, DType::I32, Shape{B, L});
+  shaped(in.tokenized_prompt_mask, DType::BOOL, Shape{B, L});
+  shaped(in.state, DType::F32, Shape{B, A});
+  shaped(in.noise, DType::F32, Shape{B, H, A});
   for (int64_t b = 0; b < B; ++b) {
     const PreparedRequest& r = *reqs[b];
     for (int c = 0; c < ModelConfig::kNumCameras; ++c) {
-      std::memcpy(in.images[c].ptr<float>() + b * S * S * 3, r.images[c].data(), S * S * 3 * sizeof(float));
+      float* dst = in.images[c].ptr<float>() + b * S * S * 3;
+      if (r.image_masks[c]) {
+        PIRT_CHECK(r.images[c].height == S && r.images[c].width == S, "make_inputs: camera %d is %dx%d, not %lldx%lld",
+                   c, r.images[c].width, r.images[c].height, static_cast<long long>(S), static_cast<long long>(S));
+        to_model_range(r.images[c], dst);
+      } else {
+        std::fill(dst, dst + S * S * 3, -1.0f);
+      }
       in.image_masks[c].ptr<uint8_t>()[b] = r.image_masks[c];
     }
     std::memcpy(in.tokenized_prompt.ptr<int32_t>() + b * L, r.prompt.ids.data(), L * sizeof(int32_t));
@@ -164,7 +176,6 @@ ModelInputs Policy::make_inputs(const std::vector<const PreparedRequest*>& reqs)
     std::memcpy(in.state.ptr<float>() + b * A, r.state.data(), A * sizeof(float));
     std::memcpy(in.noise.ptr<float>() + b * H * A, r.noise.data(), H * A * sizeof(float));
   }
-  return in;
 }
 
 Value Policy::infer(Engine& engine, const Value& request) const {

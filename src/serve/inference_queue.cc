@@ -59,7 +59,8 @@ void InferenceQueue::loop() {
     try {
       std::vector<const PreparedRequest*> reqs;
       for (Job* j : batch) reqs.push_back(j->req);
-      const ModelInputs in = policy_.make_inputs(reqs);
+      policy_.fill_inputs(reqs, inputs_);
+      const ModelInputs& in = inputs_;
       const auto t0 = std::chrono::steady_clock::now();
       const HostTensor actions = engine_.sample_actions(in, policy_.steps());
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

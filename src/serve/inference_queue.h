@@ -50,6 +50,7 @@ class InferenceQueue {
   std::deque<Job*> jobs_;
   bool stopping_ = false;
   int64_t batches_ = 0;
+  ModelInputs inputs_;  // the worker's batch buffers, reused while the batch size stays the same
   std::thread worker_;
 };
 

@@ -162,7 +162,7 @@ void Server::stop() {
   }
 }
 
-Value Server::handle(const std::string& frame, double* model_ms, int* batch) const {
+Value Server::handle(std::string_view frame, double* model_ms, int* batch) const {
   const Value request = msgpack_decode(frame);
   const PreparedRequest prepared = policy_.prepare(request);
   InferenceQueue::Result r = queue_.run(prepared);
@@ -231,9 +231,11 @@ void Server::session(void* socket_ptr, uint64_t id) {
     ws.write(net::buffer(msgpack_encode(policy_.metadata())));
 
     double prev_total_ms = -1;
+    beast::flat_buffer msg;  // one a connection: its capacity is reused by every request
     for (int64_t n = 1;; ++n) {
       const auto start = Clock::now();
-      beast::flat_buffer msg;
+      msg.clear();
+      if (msg.capacity() > (32u << 20)) msg.shrink_to_fit();  // (an odd huge frame is not kept for good)
       ws.read(msg, ec);
       if (ec == websocket::error::message_too_big) {
         // Beast has answered with close 1009 (message too big) and failed the read.
@@ -247,7 +249,7 @@ void Server::session(void* socket_ptr, uint64_t id) {
         log(strformat("connection %llu from %s closed", static_cast<unsigned long long>(id), peer.c_str()));
         break;
       }
-      const std::string frame = beast::buffers_to_string(msg.data());
+      const std::string_view frame(static_cast<const char*>(msg.data().data()), msg.size());
       const auto t_infer = Clock::now();
       Value response;
       double model_ms = 0;

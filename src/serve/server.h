@@ -11,6 +11,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
 
 #include "policy/policy.h"
 #include "serve/inference_queue.h"
@@ -47,7 +48,7 @@ class Server {
 
   // Decodes a request frame, runs the policy and returns the response dict without
   // server_timing (public for tests).
-  Value handle(const std::string& frame, double* model_ms, int* batch) const;
+  Value handle(std::string_view frame, double* model_ms, int* batch) const;
 
  private:
   struct Impl;

@@ -65,9 +65,15 @@ TEST(Policy, LiberoPi0MatchesHandComputation) {
     EXPECT_EQ(p.state[i], static_cast<float>(want));
   }
   EXPECT_TRUE(p.image_masks[0] && p.image_masks[1] && !p.image_masks[2]);
-  EXPECT_EQ(p.images[0][0], 200.0f / 255.0f * 2.0f - 1.0f);
-  EXPECT_EQ(p.images[1][0], -1.0f);  // the 100x120 wrist image is padded with black at the top
-  EXPECT_EQ(p.images[2][5], -1.0f);
+  ASSERT_EQ(p.images[0].pixels.size(), 224u * 224 * 3);
+  EXPECT_EQ(p.images[0].pixels[0], 200);
+  EXPECT_EQ(p.images[1].pixels[0], 0);  // the 100x120 wrist image is padded with black at the top
+  EXPECT_TRUE(p.images[2].pixels.empty());
+  const ModelInputs mi = policy.make_inputs({&p});
+  EXPECT_EQ(mi.images[0].ptr<float>()[0], 200.0f / 255.0f * 2.0f - 1.0f);
+  EXPECT_EQ(mi.images[1].ptr<float>()[0], -1.0f);
+  EXPECT_EQ(mi.images[2].ptr<float>()[5], -1.0f);  // absent: zeros_like -> -1
+  EXPECT_EQ(mi.image_masks[2].ptr<uint8_t>()[0], 0);
   EXPECT_EQ(p.prompt.ids[0], 2);
   EXPECT_EQ(static_cast<int>(p.prompt.ids.size()), cfg.max_token_len);
   EXPECT_EQ(p.noise, Policy::make_noise(11, 50, 32));
