@@ -230,5 +230,36 @@ TEST(Policy, BatchedInputsStackRows) {
   }
 }
 
+// fill_inputs (the inference queue's reused buffers) writes what make_inputs does, whatever the
+// buffers held before, and keeps them while the batch size stays the same.
+TEST(Policy, FillInputsReusesBuffersAndMatchesMakeInputs) {
+  const ModelConfig cfg = config_tiny(Arch::Pi0);
+  const Policy policy(cfg, 0, options(Robot::Libero));
+  Value with_wrist = libero_request(0.1), no_wrist = libero_request(0.9);
+  no_wrist.set("observation/wrist_image", image(224, 224, 77));
+  const PreparedRequest a = policy.prepare(with_wrist), b = policy.prepare(no_wrist);
+  auto same = [](const ModelInputs& x, const ModelInputs& y) {
+    auto eq = [](const HostTensor& p, const HostTensor& q) {
+      return p.dtype() == q.dtype() && p.shape() == q.shape() &&
+             std::memcmp(p.ptr<uint8_t>(), q.ptr<uint8_t>(), p.numel() * dtype_size(p.dtype())) == 0;
+    };
+    bool ok = eq(x.tokenized_prompt, y.tokenized_prompt) && eq(x.tokenized_prompt_mask, y.tokenized_prompt_mask) &&
+              eq(x.state, y.state) && eq(x.noise, y.noise);
+    for (int c = 0; c < ModelConfig::kNumCameras; ++c) ok = ok && eq(x.images[c], y.images[c]) && eq(x.image_masks[c], y.image_masks[c]);
+    return ok;
+  };
+  ModelInputs buf;
+  policy.fill_inputs({&a}, buf);
+  EXPECT_TRUE(same(buf, policy.make_inputs({&a})));
+  const float* storage = buf.images[0].ptr<float>();
+  policy.fill_inputs({&b}, buf);  // same batch size: same buffers, b's values
+  EXPECT_EQ(buf.images[0].ptr<float>(), storage);
+  EXPECT_TRUE(same(buf, policy.make_inputs({&b})));
+  EXPECT_EQ(buf.images[1].ptr<float>()[0], 77.0f / 255.0f * 2.0f - 1.0f);
+  policy.fill_inputs({&b, &a}, buf);  // a new batch size: new buffers
+  EXPECT_EQ(buf.batch(), 2);
+  EXPECT_TRUE(same(buf, policy.make_inputs({&b, &a})));
+}
+
 }  // namespace
 }  // namespace pirt
