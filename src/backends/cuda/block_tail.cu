@@ -77,22 +77,9 @@ struct Pipe {
   uint64_t evict_first;  // L2 policy of the weight loads (createpolicy)
 };
 
-// Issues chunk c of unit u (the block's chunk number g): its weight rows and the x tile.
-template <int BN>
-__device__ __forceinline__ void issue(const Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx, const Unit& u, int c,
-                                      int g) {
-  const int slot = g % kStages;
-  bf16* st = pp.smem + slot * kStageElems;
-  uint64_t* bar = pp.full + slot;
-  const int k0 = (u.c0 + c) * kBK;
-  mbar_arrive_expect(bar, (BN + 64) * kBK * 2);
-  tma_load_hint(st, tw, k0, u.ra, bar, pp.evict_first);
-  tma_load_hint(st + (BN / 2) * kBK, tw, k0, u.rb, bar, pp.evict_first);
-  tma_load(st + kWRows * kBK, tx, k0, 0, bar);
-}
-
-// Chunk c's weight rows alone, its stage armed for the weights and the x tile (gemm_unit's `pre`
-// issues the x tile later).
+// Chunk c of unit u (the block's chunk number g), in two halves: issue_w arms the stage for the
+// whole chunk and issues its weight rows, issue_x its x tile (gemm_unit's `pre` issues the weights
+// early, the x tile once the data is there); issue does both.
 template <int BN>
 __device__ __forceinline__ void issue_w(const Pipe& pp, const CUtensorMap* tw, const Unit& u, int c, int g) {
   const int slot = g % kStages;
@@ -102,6 +89,16 @@ __device__ __forceinline__ void issue_w(const Pipe& pp, const CUtensorMap* tw, c
   mbar_arrive_expect(bar, (BN + 64) * kBK * 2);
   tma_load_hint(st, tw, k0, u.ra, bar, pp.evict_first);
   tma_load_hint(st + (BN / 2) * kBK, tw, k0, u.rb, bar, pp.evict_first);
+}
+__device__ __forceinline__ void issue_x(const Pipe& pp, const CUtensorMap* tx, const Unit& u, int c, int g) {
+  const int slot = g % kStages;
+  tma_load(pp.smem + slot * kStageElems + kWRows * kBK, tx, (u.c0 + c) * kBK, 0, pp.full + slot);
+}
+template <int BN>
+__device__ __forceinline__ void issue(const Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx, const Unit& u, int c,
+                                      int g) {
+  issue_w<BN>(pp, tw, u, c, g);
+  issue_x(pp, tx, u, c, g);
 }
 
 // acc (BN / 4 floats a thread) = x[0:64, k range] . w[unit rows, k range]^T; warpgroup wg holds
@@ -117,8 +114,7 @@ __device__ void gemm_unit(Pipe& pp, const CUtensorMap* tw, const CUtensorMap* tx
 #pragma unroll 1  // (code size: every instruction fetched after a phase's weights went through L2 costs)
     for (int c = 0; c < kStages && c < nch; ++c) {
       if (c < pre)  // weights already on their way (issue_w): the x tile alone
-        tma_load(pp.smem + ((pp.g + c) % kStages) * kStageElems + kWRows * kBK, tx, (u.c0 + c) * kBK, 0,
-                 pp.full + (pp.g + c) % kStages);
+        issue_x(pp, tx, u, c, pp.g + c);
       else
         issue<BN>(pp, tw, tx, u, c, pp.g + c);
     }
