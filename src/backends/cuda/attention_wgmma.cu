@@ -397,6 +397,23 @@ int max_split_cluster() {
   return maxc;
 }
 
+// The arguments both kernels take (WgmmaAttnArgs, SplitArgs): sizes, q / k / v as TMA maps of
+// 64-row and 64-key boxes, output, mask, scale.
+template <class Args>
+void set_tile_args(const AttentionArgs& a, Args& w) {
+  w.R = a.Tq * a.Hq;
+  w.G = a.Hq;
+  w.Tq = a.Tq;
+  w.Tk = a.Tk;
+  w.q = make_tma_map(a.q, (int64_t)a.S * w.R, kDh, kRows);
+  w.k = make_tma_map(a.k, (int64_t)a.S * a.Tk, kDh, kKeys);
+  w.v = make_tma_map(a.v, (int64_t)a.S * a.Tk, kDh, kKeys);
+  w.out = static_cast<bf16*>(a.out);
+  w.q_block = a.q_block;
+  w.k_block = a.k_block;
+  w.scale_log2 = a.scale * 1.4426950408889634f;
+}
+
 }  // namespace
 
 bool attention_wgmma_supported(const AttentionArgs& a) {
@@ -415,17 +432,7 @@ void attention_wgmma(const AttentionArgs& a, cudaStream_t s) {
     attr_set = true;
   }
   WgmmaAttnArgs w;
-  w.R = a.Tq * a.Hq;
-  w.G = a.Hq;
-  w.Tq = a.Tq;
-  w.Tk = a.Tk;
-  w.q = make_tma_map(a.q, (int64_t)a.S * w.R, kDh, kRows);
-  w.k = make_tma_map(a.k, (int64_t)a.S * a.Tk, kDh, kKeys);
-  w.v = make_tma_map(a.v, (int64_t)a.S * a.Tk, kDh, kKeys);
-  w.out = static_cast<bf16*>(a.out);
-  w.q_block = a.q_block;
-  w.k_block = a.k_block;
-  w.scale_log2 = a.scale * 1.4426950408889634f;
+  set_tile_args(a, w);
   launch(attention_wgmma_kernel, dim3((w.R + kRows - 1) / kRows, a.S), dim3(kThreads), kSmemBytes, s, 1, w);
 }
 
@@ -438,18 +445,8 @@ void attention_wgmma_split(const AttentionArgs& a, cudaStream_t s, int force_spl
   const int per = (ntiles + ns - 1) / ns;
   ns = (ntiles + per - 1) / per;  // no empty splits
   SplitArgs w;
-  w.R = a.Tq * a.Hq;
-  w.G = a.Hq;
-  w.Tq = a.Tq;
-  w.Tk = a.Tk;
+  set_tile_args(a, w);
   w.per = per;
-  w.q = make_tma_map(a.q, (int64_t)a.S * w.R, kDh, kRows);
-  w.k = make_tma_map(a.k, (int64_t)a.S * a.Tk, kDh, kKeys);
-  w.v = make_tma_map(a.v, (int64_t)a.S * a.Tk, kDh, kKeys);
-  w.out = static_cast<bf16*>(a.out);
-  w.q_block = a.q_block;
-  w.k_block = a.k_block;
-  w.scale_log2 = a.scale * 1.4426950408889634f;
   launch(attention_wgmma_split_kernel, dim3((w.R + kRows - 1) / kRows, a.S, ns), dim3(128), kSplitSmemBytes, s,
          dim3(1, 1, ns), w);
 }
