@@ -171,7 +171,7 @@ ImageU8 resize_bilinear_pil(const ImageU8& in, int width, int height) {
   return cur;
 }
 
-ImageU8 resize_with_pad(const ImageU8& in, int height, int width) {
+ImageU8 resize_with_pad(ImageU8 in, int height, int width) {
   if (in.height == height && in.width == width) return in;
   const double ratio = std::max(static_cast<double>(in.width) / width, static_cast<double>(in.height) / height);
   const int rh = static_cast<int>(in.height / ratio);

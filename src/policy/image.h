@@ -29,8 +29,8 @@ ImageU8 parse_image(const NdArray& a, ImageLayout layout, const std::string& wha
 ImageU8 resize_bilinear_pil(const ImageU8& in, int width, int height);
 
 // openpi_client.image_tools.resize_with_pad: keep the aspect ratio, paste centred on black.
-// No-op when the image already has the size.
-ImageU8 resize_with_pad(const ImageU8& in, int height, int width);
+// Returns `in` itself (moved, not copied, when the caller moves it) when it already has the size.
+ImageU8 resize_with_pad(ImageU8 in, int height, int width);
 
 // x / 255 * 2 - 1 in float32 (Observation.from_dict), HWC.
 void to_model_range(const ImageU8& in, float* out);

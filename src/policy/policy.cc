@@ -103,8 +103,7 @@ PreparedRequest Policy::prepare(const Value& request) const {
   for (int c = 0; c < ModelConfig::kNumCameras; ++c) {
     r.image_masks[c] = in.images[c].has_value();
     if (!in.images[c]) continue;  // zeros_like -> -1 in make_inputs
-    ImageU8& im = *in.images[c];
-    r.images[c] = im.height == size && im.width == size ? std::move(im) : resize_with_pad(im, size, size);
+    r.images[c] = resize_with_pad(std::move(*in.images[c]), size, size);
   }
   r.prompt = tokenizer_->tokenize(prompt, discrete_state_ ? in.state.data() : nullptr, d, config_.max_token_len);
 
