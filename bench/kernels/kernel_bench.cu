@@ -303,7 +303,8 @@ void bench_attention(cudaStream_t s, float* ws, int64_t ws_bytes, int sms, bool 
       runs.insert(runs.end(), {{0, 14, true}, {2, 0, true}, {4, 0, true}, {0, 0, true, 8}, {0, 0, true, 4},
                                {0, 7, true, 0, true}, {0, 5, true, 0, true}, {0, 4, true, 0, true}});
     else if (sh.Hkv == 1)  // the prefix: key splits merged in a cluster (more blocks than its 102 tiles)
-      runs.insert(runs.end(), {{1, 2, true}, {1, 3, true}, {1, 4, true}});
+      runs.insert(runs.end(), {{1, 2, true}, {1, 3, true}, {1, 4, true}, {0, 1, true, 0, true}, {0, 2, true, 0, true},
+                               {0, 3, true, 0, true}, {0, 4, true, 0, true}, {0, 7, true, 0, true}});
     else  // SigLIP: 192 tiles of 64 rows, 4 key tiles each; key splits give the SMs more blocks
       runs.insert(runs.end(), {{0, 2, true}, {0, 4, true}, {0, 2, false}});
     if (!quick) runs.insert(runs.end(), {{1, 14, false}, {1, 4, true}, {1, 1, true}});
