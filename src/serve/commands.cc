@@ -217,9 +217,13 @@ int run_serve(int argc, char** argv, const CliHooks& hooks) {
 #if defined(__GLIBC__)
     // Requests carry images of 150 KB - 2 MB that several connection threads allocate and free.
     // glibc's default raises its mmap threshold after the first such free and then serves them
-    // from per-thread arenas, whose fragmentation grew RSS by tens of MB under load. A fixed
-    // threshold gives every large buffer back to the OS when it is freed: memory stays flat.
-    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    // from per-thread arenas, whose fragmentation grew RSS by tens of MB under load. So: one arena
+    // for every thread, and a fixed 1 MiB threshold, under which a request's images and decoded
+    // arrays reuse the arena's freed chunks instead of mapping fresh pages and faulting them in
+    // (0.5-0.9 ms a request; a 128 KiB threshold alone kept memory flat but paid those faults, a
+    // 1 MiB one with per-thread arenas let RSS drift: bench/RESULTS.md, sessions 8 and 9).
+    mallopt(M_ARENA_MAX, 1);
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
 #endif
 
     const auto t0 = std::chrono::steady_clock::now();
