@@ -40,19 +40,14 @@ ImageU8 parse_image(const NdArray& a, ImageLayout layout, const std::string& wha
     }
     return img;
   }
+  // Float images: (255 * img).astype(np.uint8), a C cast; x86 truncates through int, wrapping mod 256.
   for (int64_t y = 0; y < h; ++y)
     for (int64_t x = 0; x < w; ++x)
       for (int64_t ch = 0; ch < 3; ++ch) {
         const int64_t src = chw ? (ch * h + y) * w + x : (y * w + x) * 3 + ch;
-        uint8_t v;
-        if (is_u8) {
-          v = u8[src];
-        } else {
-          // (255 * img).astype(np.uint8): a C cast; x86 truncates through int, wrapping mod 256.
-          const double f = 255.0 * a.get(src);
-          v = std::isfinite(f) && std::fabs(f) < 9.2e18 ? static_cast<uint8_t>(static_cast<int64_t>(f)) : 0;
-        }
-        img.pixels[(y * w + x) * 3 + ch] = v;
+        const double f = 255.0 * a.get(src);
+        img.pixels[(y * w + x) * 3 + ch] =
+            std::isfinite(f) && std::fabs(f) < 9.2e18 ? static_cast<uint8_t>(static_cast<int64_t>(f)) : 0;
       }
   return img;
 }
