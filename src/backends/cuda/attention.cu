@@ -794,7 +794,7 @@ int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force
 }
 
 bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num_sms, cudaStream_t s,
-                    int force_splits, bool cluster, bool wgmma, bool pdl) {
+                    int force_splits, bool cluster, bool wgmma) {
   const int dhp = padded_head_dim(a.Dh);
   if (!dhp || a.Hq % a.Hkv != 0 || a.Tq == 0 || a.S == 0) return false;
   // Many query tiles of one KV head of 256 (the prefix): the wgmma kernel, where the build and the
@@ -806,7 +806,7 @@ bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num
   }
   // Few query tiles over one KV head of 256 (the action steps): the wgmma split kernel (clusters).
   if (wgmma && cluster && attention_kernel_variant == 0 && attention_wgmma_supported(a)) {
-    attention_wgmma_split(a, s, force_splits, pdl);
+    attention_wgmma_split(a, s, force_splits);
     return true;
   }
   if (reinterpret_cast<uintptr_t>(a.q) % 16 || reinterpret_cast<uintptr_t>(a.k) % 16 ||

@@ -436,7 +436,7 @@ void attention_wgmma(const AttentionArgs& a, cudaStream_t s) {
   launch(attention_wgmma_kernel, dim3((w.R + kRows - 1) / kRows, a.S), dim3(kThreads), kSmemBytes, s, 1, w);
 }
 
-void attention_wgmma_split(const AttentionArgs& a, cudaStream_t s, int force_splits, bool pdl) {
+void attention_wgmma_split(const AttentionArgs& a, cudaStream_t s, int force_splits) {
   PIRT_CHECK(attention_wgmma_supported(a), "attention_wgmma_split: unsupported shape (head dim %d, %d KV heads)",
              a.Dh, a.Hkv);
   const int maxc = max_split_cluster();  // (also sets the kernel's attributes)

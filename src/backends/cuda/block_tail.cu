@@ -17,8 +17,9 @@
 //
 // With `pdl` the launch is a programmatic dependent of the attention before it: blocks start on the
 // SMs the attention leaves idle (or as its blocks leave), issue their first G1 weights and only then
-// wait for it; with `trigger`, the next attention may launch once G4 starts (it waits for this kernel
-// before its first load). 0.5-0.7% end to end (bench/RESULTS.md, session 8).
+// wait for it. 0.5-0.7% end to end (bench/RESULTS.md, session 8). With `trigger` (the global --pdl),
+// the next attention may launch once G4 starts and wait there; by default it launches after this
+// kernel, which measured 5-6% faster (sessions 5 and 10).
 //
 // GEMM units are the small-M GEMM's (gemm_small.cu) scheme: x is the 64-row A operand of wgmma
 // (rows >= M zero), a unit's 32 or 64 weight rows the B operand, 64-wide k chunks through a TMA

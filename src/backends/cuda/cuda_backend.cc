@@ -466,7 +466,8 @@ class CudaBackend final : public Backend {
     p.partials = tail_partials_;
     p.rope = static_cast<float2*>(tail_rope_);
     p.barrier = tail_barrier_;
-    p.pdl = p.trigger = opt_.step_pdl;
+    p.pdl = opt_.step_pdl;
+    p.trigger = opt_.pdl;  // (the next attention is a programmatic dependent only under --pdl)
     block_tail(p, num_sms_, stream_);
   }
 
@@ -595,7 +596,7 @@ class CudaBackend final : public Backend {
     }
     if (opt_.fast_attention &&
         attention_fast(a, attn_ws_, kAttentionWorkspace, num_sms_, stream_, 0, opt_.attention_clusters,
-                       opt_.wgmma_attention, opt_.step_pdl))
+                       opt_.wgmma_attention))
       return;
     attention_reference(a, stream_);
   }

@@ -126,7 +126,9 @@ struct BlockTailParams {
   // A programmatic dependent launch: the first output-projection weights are issued before the
   // kernel waits for the one before it (the attention).
   bool pdl = false;
-  bool trigger = false;  // lets the next kernel (the attention) launch once G4 starts
+  // Lets the next kernel launch once G4 starts; only a kernel launched with the PDL attribute (the
+  // attention under the global --pdl) can use it.
+  bool trigger = false;
 };
 constexpr int kTailStamps = 12;
 bool block_tail_supported(int M, int D, int F, int Ko, int heads, int kv_heads, int head_dim);
@@ -191,17 +193,17 @@ int64_t attention_workspace_bytes(const AttentionArgs& a, int num_sms, int force
 // `wgmma` (sm_90a builds on sm_90 only): one KV head of 256 goes to attention_wgmma (many query rows:
 // the prefix) or attention_wgmma_split (few: the action steps; with `cluster`).
 // Returns false where the shape is not supported (then call attention_reference).
-// `pdl`: attention_wgmma_split launches as a programmatic dependent of the kernel before it.
 bool attention_fast(const AttentionArgs& a, float* ws, int64_t ws_bytes, int num_sms,
-                    cudaStream_t s, int force_splits = 0, bool cluster = true, bool wgmma = false, bool pdl = false);
+                    cudaStream_t s, int force_splits = 0, bool cluster = true, bool wgmma = false);
 // The prefix's attention on wgmma + TMA (attention_wgmma.cu, sm_90a): head dim 256, one KV head.
 bool attention_wgmma_supported(const AttentionArgs& a);
 void attention_wgmma(const AttentionArgs& a, cudaStream_t s);
 // The action steps' attention on wgmma + TMA (attention_wgmma.cu, sm_90a, clusters): few query rows
 // (64-row tiles) over one KV head of 256, the keys split over a cluster of up to 16 blocks (or
-// `force_splits`), merged through DSMEM. Same shapes as attention_wgmma. `pdl`: a programmatic
-// dependent launch (it waits for the kernel before it ahead of its first load), whatever pdl_enabled().
-void attention_wgmma_split(const AttentionArgs& a, cudaStream_t s, int force_splits = 0, bool pdl = false);
+// `force_splits`), merged through DSMEM. Same shapes as attention_wgmma. A programmatic dependent
+// launch only with the global --pdl (pdl_enabled()): as a dependent of the block tail it measured
+// 5-6% slower end to end (bench/RESULTS.md, sessions 5 and 10).
+void attention_wgmma_split(const AttentionArgs& a, cudaStream_t s, int force_splits = 0);
 // One warp per query row, any head dim: slow but simple.
 void attention_reference(const AttentionArgs& a, cudaStream_t s);
 
