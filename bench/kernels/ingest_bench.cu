@@ -9,7 +9,8 @@
 //
 // Options: --mode 2d|1d|ld (ld: 16-byte loads by all 128 threads), --src hbm|l2, --blocks, --kb (per
 // block), --stages, --rows / --boxes (2d), --box (1d bytes), --k (2d row length), --producers (threads
-// issuing, lane 0 of warps 0..), --wait 0|1|2 (try_wait loop, test_wait spin, try_wait with --hint ns).
+// issuing, lane 0 of warps 0..), --wait 0|1|2 (try_wait loop, test_wait spin, try_wait with --hint ns),
+// --same 1 (every block reads block 0's bytes: a broadcast like the block tail's x and the K/V cache).
 // Session 8's findings are in docs/cuda.md ("What one thread's TMA copies cost").
 //
 // Build (after `ninja -C build-cuda pirt_cuda pirt_io`):
@@ -44,6 +45,7 @@ struct Args {
   int64_t per_block;     // bytes a block
   int64_t k;             // 2d: row length (elements)
   int64_t base;          // 2d: first row of this launch; 1d: first byte
+  int same;              // every block reads the same bytes (block 0's): a broadcast, as x in the block tail
   unsigned long long* t; // [blocks][2]
 };
 
@@ -51,7 +53,7 @@ __global__ void __launch_bounds__(128, 1) ingest_kernel(const __grid_constant__ 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
-  const int stage_bytes = a.mode == 0 ? a.rows * 128 * a.boxes_per_stage : a.mode == 1 ? a.box : 65536 / a.stages;
+  const int stage_bytes = a.mode == 0 ? a.rows * 128 * a.boxes_per_stage : a.mode == 1 ? a.box : (65536 / a.stages) & ~15;  // (16-byte aligned: the mbarriers follow)
   uint64_t* bar = reinterpret_cast<uint64_t*>(base + (size_t)a.stages * stage_bytes);
   unsigned long long t0;
   asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t0));
@@ -61,7 +63,7 @@ __global__ void __launch_bounds__(128, 1) ingest_kernel(const __grid_constant__ 
   }
   __syncthreads();
   if (a.mode == 2) {  // plain 16-byte loads by every thread, 8 in flight a thread, stored to shared memory
-    const int4* src = reinterpret_cast<const int4*>(a.src + a.base + (int64_t)blockIdx.x * a.per_block);
+    const int4* src = reinterpret_cast<const int4*>(a.src + a.base + (a.same ? 0 : (int64_t)blockIdx.x * a.per_block));
     int4* dst = reinterpret_cast<int4*>(base);
     const int64_t n = a.per_block / 16;
     for (int64_t i = threadIdx.x; i < n; i += 128 * 8) {
@@ -77,7 +79,7 @@ __global__ void __launch_bounds__(128, 1) ingest_kernel(const __grid_constant__ 
     // 2d: block b owns rows [base + b * R, ...) where R rows x k elements = per_block bytes; chunk c
     // is k columns [64 (c % (k / 64)), +64) of row group c / (k / 64) (the block tail's order: k inner).
     const int64_t kch = a.k / 64, rows_per_group = (int64_t)a.rows * a.boxes_per_stage;
-    const int64_t row0 = a.base + (int64_t)blockIdx.x * (a.per_block / (a.k * 2));
+    const int64_t row0 = a.base + (a.same ? 0 : (int64_t)blockIdx.x * (a.per_block / (a.k * 2)));
     auto issue = [&](int64_t c) {
       const int s = c % a.stages;
       unsigned char* dst = base + (size_t)s * stage_bytes;
@@ -87,7 +89,7 @@ __global__ void __launch_bounds__(128, 1) ingest_kernel(const __grid_constant__ 
         const int64_t r = row0 + (c / kch) * rows_per_group;
         for (int b = 0; b < a.boxes_per_stage; ++b) tma_load(dst + b * a.rows * 128, &a.map, kc * 64, (int)(r + b * a.rows), bar + s);
       } else {
-        const char* src = a.src + a.base + (int64_t)blockIdx.x * a.per_block + c * a.box;
+        const char* src = a.src + a.base + (a.same ? 0 : (int64_t)blockIdx.x * a.per_block) + c * a.box;
         asm volatile(
             "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
                 smem_addr(dst)),
@@ -144,7 +146,7 @@ int main(int argc, char** argv) {
   cudaMemset(buf, 1, buf_bytes);
   unsigned long long* t;
   cudaMalloc(&t, blocks * 16);
-  const int stage_bytes = mode == 0 ? rows * 128 * bps : mode == 1 ? box : 65536 / stages;
+  const int stage_bytes = mode == 0 ? rows * 128 * bps : mode == 1 ? box : (65536 / stages) & ~15;
   const size_t smem = (size_t)stages * stage_bytes + stages * 8 + 1024;
   cudaFuncSetAttribute(ingest_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   Args a{};
@@ -154,6 +156,7 @@ int main(int argc, char** argv) {
   a.producers = (int)arg("--producers", 1);
   a.wait_mode = (int)arg("--wait", 0);
   a.hint = (uint32_t)arg("--hint", 20);
+  a.same = (int)arg("--same", 0);
   const int64_t launch_bytes = per_block * blocks;
   if (launch_bytes > buf_bytes) {
     fprintf(stderr, "too many bytes a launch\n");
@@ -189,9 +192,9 @@ int main(int argc, char** argv) {
   std::sort(span.begin(), span.end());
   std::sort(mean_blk.begin(), mean_blk.end());
   const double s = span[span.size() / 2], m = mean_blk[mean_blk.size() / 2];
-  printf("W%d P%d %s %s blocks %d stages %d stage %d B (%s) %lld KB a block: span %.2f us, block mean %.2f us; %.1f GB/s an SM "
+  printf("%sW%d P%d %s %s blocks %d stages %d stage %d B (%s) %lld KB a block: span %.2f us, block mean %.2f us; %.1f GB/s an SM "
          "(block mean), %.2f TB/s in all (span)\n",
-         a.wait_mode, a.producers, l2 ? "l2 " : "hbm", mode == 0 ? "2d" : mode == 1 ? "1d" : "ld", blocks, stages, stage_bytes,
+         a.same ? "same bytes " : "", a.wait_mode, a.producers, l2 ? "l2 " : "hbm", mode == 0 ? "2d" : mode == 1 ? "1d" : "ld", blocks, stages, stage_bytes,
          mode == 0 ? (std::to_string(bps) + "x" + std::to_string(rows) + " rows").c_str() : mode == 1 ? "bulk" : "ld.cg",
          (long long)(per_block / 1024), s, m, per_block / m * 1e-3, launch_bytes / s * 1e-6);
   return 0;

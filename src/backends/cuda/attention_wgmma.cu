@@ -7,8 +7,9 @@
 // A block is two warpgroups over 64 packed rows and every key, in 64-key tiles: warpgroup w takes the
 // tiles i with i % 2 == w, so that one's softmax runs while the other's wgmma do, and the two halves
 // (running max, sum, unnormalised O) are merged through shared memory at the end.
-// - Q (64 x 256) and double-buffered K and V tiles come in through TMA, 128-byte swizzled, as four
-//   64-column boxes each (tma.cuh, wgmma.cuh's layout).
+// - Q (64 x 256) and double-buffered K and V tiles come in through TMA, 128-byte swizzled, each as one
+//   copy of four 64-column chunks (tma.cuh tma_load_chunks; wgmma.cuh's layout): 25.0 against 26.0 us
+//   with four 2D boxes (bench/RESULTS.md, session 10).
 // - S = Q K^T is 16 wgmma m64n64k16 (K is the K-major B operand).
 // - The online softmax runs on S's accumulator fragments (a row lives in one quad of a warp), as the
 //   flash kernel's: fp32 scores scaled by scale * log2(e), exp2, the row sum in fp32 of the unrounded
@@ -17,7 +18,9 @@
 //   as an MN-major ("transposed") B operand: V's tiles are stored as they are, keys x head dim.
 // - O (64 x 256 fp32, 128 registers a thread) is normalised and stored as bf16 at the end.
 // No warp specialisation: a warpgroup issues the TMA of its next tile (i + 2, into the buffer it
-// just freed) once it has consumed tile i; the other warpgroup's tile covers the wait. (Overlapping
+// just freed) once it has consumed tile i, K as soon as S has read it and V after P V (K and V on
+// their own barriers: 22.5 against 25.1 us when both waited for P V); the other warpgroup's tile
+// covers the wait. (Overlapping
 // within one warpgroup, S(i + 1) issued before the softmax of tile i, needs a second S in registers
 // next to O's 128: ptxas then used 255 registers and spilled.)
 #include <algorithm>
@@ -44,7 +47,7 @@ struct Smem {
   bf16 k[2][kDh / 64][kBox];
   bf16 v[2][kDh / 64][kBox];
   bf16 p[2][kBox];  // a warpgroup's P
-  uint64_t bar_q, full[2];
+  uint64_t bar_q, full[2], full_v[2];
 };
 constexpr size_t kSmemBytes = sizeof(Smem) + 1024;  // (1024-byte alignment of the swizzled boxes)
 
@@ -202,23 +205,27 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
     mbar_init(&sm.bar_q, 1);
     mbar_init(&sm.full[0], 1);
     mbar_init(&sm.full[1], 1);
+    mbar_init(&sm.full_v[0], 1);
+    mbar_init(&sm.full_v[1], 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
   pdl_wait();
-  auto issue_kv = [&](int i) {
-    const int b = i & 1, row = s * a.Tk + i * kKeys;
-    mbar_arrive_expect(&sm.full[b], 2 * (kDh / 64) * kBox * 2);
-#pragma unroll
-    for (int c = 0; c < kDh / 64; ++c) {
-      tma_load(sm.k[b][c], &a.k, c * 64, row, &sm.full[b]);
-      tma_load(sm.v[b][c], &a.v, c * 64, row, &sm.full[b]);
-    }
+  // K and V of tile i on their own barriers (full, full_v): K is refilled as soon as S has read it.
+  auto issue_k = [&](int i) {
+    const int b = i & 1;
+    mbar_arrive_expect(&sm.full[b], (kDh / 64) * kBox * 2);
+    tma_load_chunks(sm.k[b][0], &a.k, s * a.Tk + i * kKeys, &sm.full[b]);
   };
+  auto issue_v = [&](int i) {
+    const int b = i & 1;
+    mbar_arrive_expect(&sm.full_v[b], (kDh / 64) * kBox * 2);
+    tma_load_chunks(sm.v[b][0], &a.v, s * a.Tk + i * kKeys, &sm.full_v[b]);
+  };
+  auto issue_kv = [&](int i) { issue_k(i), issue_v(i); };
   if (tid == 0) {
     mbar_arrive_expect(&sm.bar_q, (kDh / 64) * kBox * 2);
-#pragma unroll
-    for (int c = 0; c < kDh / 64; ++c) tma_load(sm.q[c], &a.q, c * 64, s * a.R + row0, &sm.bar_q);
+    tma_load_chunks(sm.q[0], &a.q, s * a.R + row0, &sm.bar_q);
     for (int i = 0; i < 2 && i < ntiles; ++i) issue_kv(i);
   }
   pdl_trigger();
@@ -236,9 +243,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
     tile_softmax(sm.q, sm.k[b], sm.p[wg], i * kKeys, a.Tk, a.k_block ? a.k_block + (int64_t)s * a.Tk : nullptr, qb,
                  a.scale_log2, m_run, l_run, o);
     wg_sync();
+    if ((tid & 127) == 0 && i + 2 < ntiles) issue_k(i + 2);  // K (buffer b) read by the warpgroup's S
+    mbar_wait(&sm.full_v[b], (i >> 1) & 1);
     tile_pv(sm.p[wg], sm.v[b], o);
-    wg_sync();  // K, V (buffer b) and P consumed by the warpgroup
-    if ((tid & 127) == 0 && i + 2 < ntiles) issue_kv(i + 2);
+    wg_sync();  // V (buffer b) and P consumed by the warpgroup
+    if ((tid & 127) == 0 && i + 2 < ntiles) issue_v(i + 2);
   }
 
   // Merge: warpgroup 1 leaves its (max, sum) and O in shared memory (over the K/V buffers, free once
@@ -332,8 +341,7 @@ __global__ void __launch_bounds__(128, 1) attention_wgmma_split_kernel(const __g
   pdl_wait();
   auto issue = [&](uint64_t* bar, const CUtensorMap* m, bf16 (*dst)[kBox], int row) {
     mbar_arrive_expect(bar, (kDh / 64) * kBox * 2);
-#pragma unroll
-    for (int c = 0; c < kDh / 64; ++c) tma_load(dst[c], m, c * 64, row, bar);
+    tma_load_chunks(dst[0], m, row, bar);
   };
   if (tid == 0) {
     issue(&sm.bar_q, &a.q, sm.q, s * a.R + row0);
@@ -405,9 +413,9 @@ void set_tile_args(const AttentionArgs& a, Args& w) {
   w.G = a.Hq;
   w.Tq = a.Tq;
   w.Tk = a.Tk;
-  w.q = make_tma_map(a.q, (int64_t)a.S * w.R, kDh, kRows);
-  w.k = make_tma_map(a.k, (int64_t)a.S * a.Tk, kDh, kKeys);
-  w.v = make_tma_map(a.v, (int64_t)a.S * a.Tk, kDh, kKeys);
+  w.q = make_tma_map_chunks(a.q, (int64_t)a.S * w.R, kDh, kRows, kDh / 64);
+  w.k = make_tma_map_chunks(a.k, (int64_t)a.S * a.Tk, kDh, kKeys, kDh / 64);
+  w.v = make_tma_map_chunks(a.v, (int64_t)a.S * a.Tk, kDh, kKeys, kDh / 64);
   w.out = static_cast<bf16*>(a.out);
   w.q_block = a.q_block;
   w.k_block = a.k_block;
