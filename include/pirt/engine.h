@@ -14,7 +14,9 @@ class Backend;
 
 // The model-level inputs of openpi's sample_actions (spec section 2), batch B.
 struct ModelInputs {
-  HostTensor images[ModelConfig::kNumCameras];       // F32 [B, 224, 224, 3] in [-1, 1]
+  // F32 [B, 224, 224, 3] in [-1, 1], or U8 [B, 224, 224, 3] in [0, 255] (openpi's uint8 images, which
+  // the engine converts to [-1, 1] on the device); every camera the same dtype.
+  HostTensor images[ModelConfig::kNumCameras];
   HostTensor image_masks[ModelConfig::kNumCameras];  // BOOL [B]
   HostTensor tokenized_prompt;                       // I32 [B, L]
   HostTensor tokenized_prompt_mask;                  // BOOL [B, L]

@@ -109,8 +109,12 @@ class EngineImpl final : public Engine {
         HostTensor images(DType::F32, {1, S, S, 3});
         be_->to_device(images, p.images);
       }
+      // uint8 images (a policy's) go over as they are, a quarter of the bytes, and are converted on
+      // the device (check_inputs: every camera has the same dtype).
+      p.images_from_u8 = p.n_cams > 0 && in.images[layout.cameras[0]].dtype() == DType::U8;
       for (int i = 0; i < p.n_cams; ++i)
-        be_->to_device(in.images[layout.cameras[i]].view().rows(b, 1), p.images.rows(i, 1));
+        be_->to_device(in.images[layout.cameras[i]].view().rows(b, 1),
+                       (p.images_from_u8 ? p.images_u8 : p.images).rows(i, 1));
       HostTensor text(DType::I32, {std::max(p.n_text, 1)});
       // A padding token (kept with --no-drop-padding) is masked out, so its id never reaches a valid
       // output; check_inputs only range-checks valid ids, so embed id 0 in its place.
@@ -138,7 +142,7 @@ class EngineImpl final : public Engine {
       std::memcpy(x.ptr<float>(), noise.ptr<float>() + b * H * A, H * A * sizeof(float));
       be_->to_device(x, p.x);
 
-      be_->run(p.key, [&] { pirt::sample_actions(cfg_, w_, *be_, p); });
+      be_->run(p.images_from_u8 ? p.key + "|u8" : p.key, [&] { pirt::sample_actions(cfg_, w_, *be_, p); });
       be_->to_host(p.x, actions.view().rows(b, 1).reshape(Shape{H, A}));
     }
     return actions;

@@ -37,8 +37,11 @@ struct LayerActs {
 struct Plan {
   std::string key;
   int n_cams = 0, n_text = 0, prefix_len = 0, horizon = 0, suffix_len = 0, steps = 0;
-  // Inputs, written before each call.
+  // Inputs, written before each call. Images come as F32 in [-1, 1] (images), or as uint8 (images_u8,
+  // images_from_u8 set: the call converts them into images first; a separate graph).
   Tensor images, text_ids, prefix_pos, prefix_qb, prefix_kb;
+  Tensor images_u8;
+  bool images_from_u8 = false;
   Tensor state, x;  // F32 [1, action_dim], F32 [H, action_dim]: x holds the noise, then the actions
   Tensor suffix_pos, suffix_qb, suffix_kb;
   // SigLIP.

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "io/safetensors.h"
+#include "ops/ops.h"
 #include "pirt/engine.h"
 
 namespace pirt {
@@ -52,8 +53,14 @@ ModelInputs read_inputs(const std::string& path) {
 
 void write_inputs(const std::string& path, const ModelInputs& in) {
   std::vector<std::pair<std::string, Tensor>> t;
+  HostTensor as_f32[ModelConfig::kNumCameras];  // the file holds F32 images in [-1, 1] (DESIGN.md)
   for (int cam = 0; cam < ModelConfig::kNumCameras; ++cam) {
-    t.emplace_back(image_name(cam), in.images[cam].view());
+    const HostTensor& im = in.images[cam];
+    if (im.dtype() == DType::U8) {
+      as_f32[cam] = HostTensor(DType::F32, im.shape());
+      for (int64_t i = 0; i < im.numel(); ++i) as_f32[cam].ptr<float>()[i] = image_unit_range(im.ptr<uint8_t>()[i]);
+    }
+    t.emplace_back(image_name(cam), (im.dtype() == DType::U8 ? as_f32[cam] : im).view());
     t.emplace_back(mask_name(cam), in.image_masks[cam].view());
   }
   t.emplace_back("tokenized_prompt", in.tokenized_prompt.view());
@@ -72,8 +79,11 @@ void check_inputs(const ModelConfig& c, const ModelInputs& in, int horizon) {
   if (B < 1) throw_error("inputs: batch size must be at least 1");
   expect("state", in.state, DType::F32, {B, c.action_dim});
   const int64_t S = c.vision.image_size;
+  // Images: F32 in [-1, 1] (the file format), or uint8 in [0, 255] (a policy's; converted on the device
+  // as openpi does on the host), the same for every camera.
+  const DType image_t = in.images[0].dtype() == DType::U8 ? DType::U8 : DType::F32;
   for (int cam = 0; cam < ModelConfig::kNumCameras; ++cam) {
-    expect(image_name(cam), in.images[cam], DType::F32, {B, S, S, 3});
+    expect(image_name(cam), in.images[cam], image_t, {B, S, S, 3});
     expect(mask_name(cam), in.image_masks[cam], DType::BOOL, {B});
   }
   if (in.tokenized_prompt.empty()) throw_error("inputs: missing tokenized_prompt");

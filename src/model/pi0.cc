@@ -126,6 +126,7 @@ Plan make_plan(const ModelConfig& c, const Weights& w, Backend& be, const Prefix
 
   // Inputs.
   p.images = be.alloc(DType::F32, {std::max(p.n_cams, 1), S, S, 3});
+  p.images_u8 = be.alloc(DType::U8, {std::max(p.n_cams, 1), S, S, 3});
   p.text_ids = be.alloc(DType::I32, {std::max<int64_t>(p.n_text, 1)});
   p.prefix_pos = be.alloc(DType::I32, {P});
   p.prefix_qb = be.alloc(DType::I32, {1, P});
@@ -201,6 +202,7 @@ void sample_actions(const ModelConfig& c, const Weights& w, Backend& be, Plan& p
 
   // ---- embed_prefix: [SigLIP tokens of each camera | text embeddings * sqrt(width)] ----
   be.stage("siglip");
+  if (p.n_cams > 0 && p.images_from_u8) be.image_to_unit_range(p.images_u8, p.images);
   if (p.n_cams > 0) siglip_forward(c, w, be, p, p.h.rows(0, img));
   be.stage("prefix");
   if (p.n_text > 0)

@@ -36,6 +36,10 @@ struct AttentionMask {
   bool none() const { return q_block.empty(); }
 };
 
+// What a uint8 image value means to the model: v / 255 * 2 - 1 in float32 (openpi's
+// Observation.from_dict); Backend::image_to_unit_range applies it on the device.
+inline float image_unit_range(uint8_t v) { return static_cast<float>(v) / 255.0f * 2.0f - 1.0f; }
+
 // The gate third of an adaRMS modulation [3D] (scale | shift | gate), as a [D] view.
 inline Tensor ada_gate(const Tensor& mod) {
   const int64_t D = mod.numel() / 3;
@@ -145,6 +149,10 @@ class Backend {
   // x += dt * v (the Euler update; x is F32).
   virtual void axpy(const Tensor& x, const Tensor& v, float dt) = 0;
 
+  // out (F32) = in / 255 * 2 - 1 for in U8 of the same shape: openpi's uint8 image to [-1, 1], in fp32
+  // exactly as written (a division, then the scale and shift), so that images sent as uint8 reach
+  // patch_embed bit-identical to the same images converted on the host.
+  virtual void image_to_unit_range(const Tensor& in, const Tensor& out) = 0;
   // SigLIP patch embedding, in fp32: images[N, S, S, 3] (F32, NHWC) -> out[N*T, W] with
   // T = (S/p)^2 patches in row-major order, out = conv_p(images; w[W, 3, p, p], b[W]) + pos[T, W].
   virtual void patch_embed(const Tensor& images, const Tensor& w, const Tensor& b, const Tensor& pos,

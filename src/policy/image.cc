@@ -1,6 +1,5 @@
 #include "policy/image.h"
 
-#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -185,17 +184,6 @@ ImageU8 resize_with_pad(ImageU8 in, int height, int width) {
         out.pixels[(static_cast<size_t>(y + pad_h) * width + x + pad_w) * 3 + c] =
             r.pixels[(static_cast<size_t>(y) * rw + x) * 3 + c];
   return out;
-}
-
-void to_model_range(const ImageU8& in, float* out) {
-  static const std::array<float, 256> lut = [] {  // the formula's value for each byte, computed once
-    std::array<float, 256> t{};
-    for (int v = 0; v < 256; ++v) t[v] = static_cast<float>(v) / 255.0f * 2.0f - 1.0f;
-    return t;
-  }();
-  const uint8_t* p = in.pixels.data();
-  const size_t n = in.pixels.size();
-  for (size_t i = 0; i < n; ++i) out[i] = lut[p[i]];
 }
 
 }  // namespace pirt

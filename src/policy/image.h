@@ -32,7 +32,4 @@ ImageU8 resize_bilinear_pil(const ImageU8& in, int width, int height);
 // Returns `in` itself (moved, not copied, when the caller moves it) when it already has the size.
 ImageU8 resize_with_pad(ImageU8 in, int height, int width);
 
-// x / 255 * 2 - 1 in float32 (Observation.from_dict), HWC.
-void to_model_range(const ImageU8& in, float* out);
-
 }  // namespace pirt

@@ -150,7 +150,7 @@ void Policy::fill_inputs(const std::vector<const PreparedRequest*>& reqs, ModelI
     if (t.dtype() != dt || !(t.shape() == s) || t.numel() == 0) t = HostTensor(dt, s);
   };
   for (int c = 0; c < ModelConfig::kNumCameras; ++c) {
-    shaped(in.images[c], DType::F32, Shape{B, S, S, 3});
+    shaped(in.images[c], DType::U8, Shape{B, S, S, 3});  // (the engine takes [0, 255] to [-1, 1] on the device)
     shaped(in.image_masks[c], DType::BOOL, Shape{B});
   }
   shaped(in.tokenized_prompt, DType::I32, Shape{B, L});
@@ -160,13 +160,14 @@ void Policy::fill_inputs(const std::vector<const PreparedRequest*>& reqs, ModelI
   for (int64_t b = 0; b < B; ++b) {
     const PreparedRequest& r = *reqs[b];
     for (int c = 0; c < ModelConfig::kNumCameras; ++c) {
-      float* dst = in.images[c].ptr<float>() + b * S * S * 3;
+      uint8_t* dst = in.images[c].ptr<uint8_t>() + b * S * S * 3;
       if (r.image_masks[c]) {
-        PIRT_CHECK(r.images[c].height == S && r.images[c].width == S, "make_inputs: camera %d is %dx%d, not %lldx%lld",
-                   c, r.images[c].width, r.images[c].height, static_cast<long long>(S), static_cast<long long>(S));
-        to_model_range(r.images[c], dst);
+        PIRT_CHECK(r.images[c].height == S && r.images[c].width == S && r.images[c].pixels.size() == size_t(S * S * 3),
+                   "make_inputs: camera %d is %dx%d, not %lldx%lld", c, r.images[c].width, r.images[c].height,
+                   static_cast<long long>(S), static_cast<long long>(S));
+        std::memcpy(dst, r.images[c].pixels.data(), S * S * 3);
       } else {
-        std::fill(dst, dst + S * S * 3, -1.0f);
+        std::memset(dst, 0, S * S * 3);  // an absent camera: zeros_like(image), i.e. -1 after the conversion
       }
       in.image_masks[c].ptr<uint8_t>()[b] = r.image_masks[c];
     }

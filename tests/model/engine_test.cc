@@ -171,6 +171,41 @@ TEST_P(EngineTest, AReusedPlanTakesEachCallsMasks) {
   EXPECT_EQ(max_diff(a, a_again), 0.0);
 }
 
+// A policy hands the engine uint8 images; the engine maps them to [-1, 1] on the device. The actions
+// must be those of the same images converted on the host (x / 255 * 2 - 1 in fp32), to the bit,
+// whichever comes first on one engine (a separate graph a dtype on CUDA, the same buffers).
+void expect_uint8_images_match_floats(Arch arch, const EngineOptions& opt) {
+  const ModelConfig c = config_tiny(arch);
+  ModelInputs f = make_inputs(c, 2, 23), u = f;
+  std::mt19937 rng(5);
+  for (int cam = 0; cam < ModelConfig::kNumCameras; ++cam) {
+    u.images[cam] = HostTensor(DType::U8, f.images[cam].shape());
+    f.images[cam] = HostTensor(DType::F32, f.images[cam].shape());
+    for (int64_t i = 0; i < u.images[cam].numel(); ++i) {
+      const uint8_t v = static_cast<uint8_t>(rng() % 256);
+      u.images[cam].ptr<uint8_t>()[i] = v;
+      f.images[cam].ptr<float>()[i] = static_cast<float>(v) / 255.0f * 2.0f - 1.0f;  // (spelled out: the test's own)
+    }
+  }
+  u.image_masks[1].ptr<uint8_t>()[1] = 0;  // one camera absent in the second row (dropped either way)
+  f.image_masks[1].ptr<uint8_t>()[1] = 0;
+  auto engine = Engine::random(c, 1, opt);
+  const HostTensor a = engine->sample_actions(f, 3);
+  const HostTensor b = engine->sample_actions(u, 3);
+  EXPECT_EQ(max_diff(a, b), 0.0);
+  EXPECT_EQ(max_diff(a, engine->sample_actions(f, 3)), 0.0);
+  EXPECT_GT(max_abs(a), 0.1);
+}
+
+TEST_P(EngineTest, Uint8ImagesGiveTheActionsOfTheirFloatConversion) { expect_uint8_images_match_floats(GetParam(), cpu()); }
+
+TEST_P(EngineTest, Uint8ImagesGiveTheActionsOfTheirFloatConversionOnCuda) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  EngineOptions o;
+  o.device = "cuda";
+  expect_uint8_images_match_floats(GetParam(), o);
+}
+
 INSTANTIATE_TEST_SUITE_P(Tiny, EngineTest, ::testing::Values(Arch::Pi0, Arch::Pi05),
                          [](const auto& info) { return std::string(arch_name(info.param)); });
 
@@ -191,6 +226,9 @@ TEST(EngineInputs, BadInputsNameTheInput) {
   expect_error(bad, "state");
   bad = in;
   bad.images[1] = HostTensor(DType::F32, {1, 200, 224, 3});
+  expect_error(bad, "image.left_wrist_0_rgb");
+  bad = in;
+  bad.images[1] = HostTensor(DType::U8, {1, 224, 224, 3});  // uint8 next to float cameras
   expect_error(bad, "image.left_wrist_0_rgb");
   bad = in;
   bad.image_masks[0] = HostTensor(DType::I32, {1});

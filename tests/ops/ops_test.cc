@@ -64,7 +64,7 @@
 namespace pirt {
 namespace {
 
-enum class Role { Act, Mat, F32, I32 };
+enum class Role { Act, Mat, F32, I32, U8 };
 
 DType dtype_of(const Backend& be, Role r) {
   switch (r) {
@@ -72,12 +72,13 @@ DType dtype_of(const Backend& be, Role r) {
     case Role::Mat: return be.matrix_dtype();
     case Role::F32: return DType::F32;
     case Role::I32: return DType::I32;
+    case Role::U8: return DType::U8;
   }
   return DType::F32;
 }
 
 struct Arg {
-  HostTensor h;  // F32 values (I32 for Role::I32)
+  HostTensor h;  // F32 values (I32 for Role::I32, U8 for Role::U8)
   Role role;
 };
 
@@ -89,6 +90,7 @@ constexpr Tol kBf16{1.f / 256, 1.f / 4096};
 constexpr Tol kResidual{1.f / 256, 1.f / 64};
 constexpr Tol kGelu{1.f / 256, 1.f / 256};
 constexpr Tol kF32{1e-5f, 1e-5f};
+constexpr Tol kExact{0.f, 0.f};
 constexpr Tol kTf32{1.f / 256, 1.f / 256};
 constexpr Tol kChain{1.f / 256, 1.f / 32};
 constexpr Tol kTwoRound{1.f / 128, 1.f / 4096};
@@ -402,6 +404,16 @@ std::vector<OpCase> all_cases() {
   };
   c.push_back(geglu(816, 16384));
   c.push_back(geglu(51, 4096));
+  c.push_back(simple_case(
+      "image_to_unit_range/3x224x224x3", kExact,
+      [](std::mt19937& r) {
+        HostTensor t(DType::U8, {3, 224, 224, 3});
+        for (int64_t i = 0; i < t.numel(); ++i) t.ptr<uint8_t>()[i] = static_cast<uint8_t>(r() % 256);
+        for (int v = 0; v < 256; ++v) t.ptr<uint8_t>()[v] = static_cast<uint8_t>(v);  // every value once
+        return std::vector<Arg>{{t, Role::U8}};
+      },
+      [](const std::vector<Arg>&) { return Arg{nans({3, 224, 224, 3}), Role::F32}; },
+      [](Backend& be, const std::vector<Tensor>& in, const Tensor& o) { be.image_to_unit_range(in[0], o); }));
   c.push_back(simple_case(
       "silu/f32_50x1024", kF32, [](std::mt19937& r) { return std::vector<Arg>{{randn({50, 1024}, r, 3.f), Role::F32}}; },
       [](const std::vector<Arg>&) { return Arg{nans({50, 1024}), Role::F32}; },
@@ -764,6 +776,23 @@ INSTANTIATE_TEST_SUITE_P(Ops, OpsTest, testing::ValuesIn(all_cases()), [](const 
     if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return n;
 });
+
+// The CPU oracle's image conversion is openpi's Observation.from_dict: x / 255 * 2 - 1 in float32.
+TEST(CpuBackend, ImageToUnitRangeIsOpenpisFormula) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  HostTensor px(DType::U8, {1, 4});
+  const uint8_t v[4] = {0, 128, 200, 255};
+  std::memcpy(px.ptr<uint8_t>(), v, 4);
+  const Tensor in = cpu->upload({px.view()}, DType::U8), out = cpu->alloc(DType::F32, {1, 4});
+  cpu->image_to_unit_range(in, out);
+  HostTensor got(DType::F32, {1, 4});
+  cpu->to_host(out, got);
+  EXPECT_EQ(got.ptr<float>()[0], -1.0f);
+  EXPECT_EQ(got.ptr<float>()[1], 128.0f / 255.0f * 2.0f - 1.0f);
+  EXPECT_EQ(got.ptr<float>()[2], 200.0f / 255.0f * 2.0f - 1.0f);
+  EXPECT_EQ(got.ptr<float>()[3], 1.0f);
+  EXPECT_THROW(cpu->image_to_unit_range(out, out), Error);  // F32 in: named, not misread
+}
 
 TEST(CudaBackend, PresenceCheckDoesNotThrow) {
 #if PIRT_HAVE_CUDA

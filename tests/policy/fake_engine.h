@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "ops/ops.h"
 #include "pirt/engine.h"
 
 namespace pirt::testing {
@@ -28,7 +29,9 @@ class FakeEngine : public Engine {
       if (in.tokenized_prompt_mask.ptr<uint8_t>()[b * L + l]) tok += in.tokenized_prompt.ptr<int32_t>()[b * L + l];
     const int64_t S = in.images[0].numel() / in.images[0].shape()[0];
     double img = 0;
-    for (int64_t k = 0; k < S; ++k) img += in.images[0].ptr<float>()[b * S + k];
+    for (int64_t k = 0; k < S; ++k)  // (uint8 images mean what the engine maps them to: x / 255 * 2 - 1)
+      img += in.images[0].dtype() == DType::U8 ? image_unit_range(in.images[0].ptr<uint8_t>()[b * S + k])
+                                               : in.images[0].ptr<float>()[b * S + k];
     img /= static_cast<double>(S);
     int cams = 0;
     for (int c = 0; c < ModelConfig::kNumCameras; ++c) cams += in.image_masks[c].ptr<uint8_t>()[b] ? 1 : 0;

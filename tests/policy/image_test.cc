@@ -119,17 +119,5 @@ TEST(Image, ParseChwHwcAndFloat) {
   EXPECT_THROW(parse_image(array("|u1", {12}, hwc, 12), ImageLayout::Auto, "img"), Error);
 }
 
-TEST(Image, ModelRange) {
-  ImageU8 im;
-  im.height = 1;
-  im.width = 1;
-  im.pixels = {0, 128, 255};
-  float out[3];
-  to_model_range(im, out);
-  EXPECT_EQ(out[0], -1.0f);
-  EXPECT_EQ(out[1], 128.0f / 255.0f * 2.0f - 1.0f);
-  EXPECT_EQ(out[2], 1.0f);
-}
-
 }  // namespace
 }  // namespace pirt

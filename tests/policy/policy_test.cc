@@ -70,9 +70,11 @@ TEST(Policy, LiberoPi0MatchesHandComputation) {
   EXPECT_EQ(p.images[1].pixels[0], 0);  // the 100x120 wrist image is padded with black at the top
   EXPECT_TRUE(p.images[2].pixels.empty());
   const ModelInputs mi = policy.make_inputs({&p});
-  EXPECT_EQ(mi.images[0].ptr<float>()[0], 200.0f / 255.0f * 2.0f - 1.0f);
-  EXPECT_EQ(mi.images[1].ptr<float>()[0], -1.0f);
-  EXPECT_EQ(mi.images[2].ptr<float>()[5], -1.0f);  // absent: zeros_like -> -1
+  // The engine takes the images as uint8 and maps [0, 255] to [-1, 1] on the device.
+  ASSERT_EQ(mi.images[0].dtype(), DType::U8);
+  EXPECT_EQ(mi.images[0].ptr<uint8_t>()[0], 200);
+  EXPECT_EQ(mi.images[1].ptr<uint8_t>()[0], 0);
+  EXPECT_EQ(mi.images[2].ptr<uint8_t>()[5], 0);  // absent: zeros_like (-1 after the conversion)
   EXPECT_EQ(mi.image_masks[2].ptr<uint8_t>()[0], 0);
   EXPECT_EQ(p.prompt.ids[0], 2);
   EXPECT_EQ(static_cast<int>(p.prompt.ids.size()), cfg.max_token_len);
@@ -251,11 +253,11 @@ TEST(Policy, FillInputsReusesBuffersAndMatchesMakeInputs) {
   ModelInputs buf;
   policy.fill_inputs({&a}, buf);
   EXPECT_TRUE(same(buf, policy.make_inputs({&a})));
-  const float* storage = buf.images[0].ptr<float>();
+  const uint8_t* storage = buf.images[0].ptr<uint8_t>();
   policy.fill_inputs({&b}, buf);  // same batch size: same buffers, b's values
-  EXPECT_EQ(buf.images[0].ptr<float>(), storage);
+  EXPECT_EQ(buf.images[0].ptr<uint8_t>(), storage);
   EXPECT_TRUE(same(buf, policy.make_inputs({&b})));
-  EXPECT_EQ(buf.images[1].ptr<float>()[0], 77.0f / 255.0f * 2.0f - 1.0f);
+  EXPECT_EQ(buf.images[1].ptr<uint8_t>()[0], 77);
   policy.fill_inputs({&b, &a}, buf);  // a new batch size: new buffers
   EXPECT_EQ(buf.batch(), 2);
   EXPECT_TRUE(same(buf, policy.make_inputs({&b, &a})));

@@ -195,6 +195,15 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < x.numel(); ++i) x.ptr<float>()[i] += dt * load_f32(v, i);
   }
 
+  void image_to_unit_range(const Tensor& in, const Tensor& out) override {
+    PIRT_CHECK(in.dtype == DType::U8 && out.dtype == DType::F32 && in.numel() == out.numel(),
+               "image_to_unit_range: in %s %s, out %s %s (U8 in, F32 out of the same size)", std::string(dtype_name(in.dtype)).c_str(),
+               in.shape.str().c_str(), std::string(dtype_name(out.dtype)).c_str(), out.shape.str().c_str());
+    const uint8_t* src = in.ptr<uint8_t>();
+    float* dst = out.ptr<float>();
+    for (int64_t i = 0; i < in.numel(); ++i) dst[i] = image_unit_range(src[i]);
+  }
+
   void patch_embed(const Tensor& images, const Tensor& w, const Tensor& b, const Tensor& pos, int p,
                    const Tensor& out) override {
     check_f32(images, "patch_embed images");

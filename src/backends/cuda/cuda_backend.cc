@@ -341,6 +341,13 @@ class CudaBackend final : public Backend {
     cuda::axpy(x.ptr<float>(), v.data, v.dtype, dt, x.numel(), stream_);
   }
 
+  void image_to_unit_range(const Tensor& in, const Tensor& out) override {
+    PIRT_CHECK(in.dtype == DType::U8 && out.dtype == DType::F32 && in.numel() == out.numel() && in.numel() % 4 == 0,
+               "image_to_unit_range: in %s %s, out %s %s (U8 in, F32 out of the same size, a multiple of 4)",
+               dname(in.dtype).c_str(), in.shape.str().c_str(), dname(out.dtype).c_str(), out.shape.str().c_str());
+    pirt::cuda::image_to_unit_range(in.ptr<uint8_t>(), out.ptr<float>(), in.numel(), stream_);
+  }
+
   void patch_embed(const Tensor& images, const Tensor& w, const Tensor& b, const Tensor& pos, int patch,
                    const Tensor& out) override {
     PIRT_CHECK(images.shape.rank() == 4 && images.dim(3) == 3 && images.dim(1) == images.dim(2) &&

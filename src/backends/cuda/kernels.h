@@ -47,6 +47,8 @@ void qkv_rope(const void* qkv, DType qkvt, const int32_t* positions, int64_t tok
 // small_gemm_partials output projection. h, xn bf16 [rows, dim], dim % 128 == 0, <= 4096.
 void residual_rms_norm_partials(const float* partials, int splits, void* h, const void* w, DType wt, void* xn,
                                 int64_t rows, int64_t dim, float eps, cudaStream_t s);
+// out[i] = in[i] / 255 * 2 - 1 (U8 -> F32; the division rounded as IEEE, as the CPU oracle's).
+void image_to_unit_range(const uint8_t* in, float* out, int64_t n, cudaStream_t s);
 // col[n*T + t, c*p*p + ky*p + kx] = images[n, py*p + ky, px*p + kx, c] (F32, NHWC), T = (size/p)^2.
 void im2col_patches(const float* images, int64_t n, int64_t size, int64_t patch, float* col,
                     cudaStream_t s);
