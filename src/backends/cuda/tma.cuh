@@ -61,16 +61,19 @@ __device__ __forceinline__ void fence_proxy_async_global() {
 }
 #endif
 
+// The driver's cuTensorMapEncodeTiled (looked up once by each map builder below).
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult q;
+  CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
+  PIRT_CHECK(fn && q == cudaDriverEntryPointSuccess, "TMA: the driver has no cuTensorMapEncodeTiled");
+  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+}
+
 // A bf16 row-major [rows, k] matrix as a TMA map of [box_rows, 64] boxes (128-byte swizzle); rows past
 // the end read as zeros.
 inline CUtensorMap make_tma_map(const void* ptr, int64_t rows, int64_t k, int box_rows) {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
-    PIRT_CHECK(fn && q == cudaDriverEntryPointSuccess, "TMA: the driver has no cuTensorMapEncodeTiled");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   CUtensorMap m;
   const cuuint64_t dims[2] = {(cuuint64_t)k, (cuuint64_t)rows};
   const cuuint64_t strides[1] = {(cuuint64_t)k * 2};
@@ -88,13 +91,7 @@ inline CUtensorMap make_tma_map(const void* ptr, int64_t rows, int64_t k, int bo
 // `chunks` 64-element column chunks (128-byte swizzle), the chunks the outer box dimension (global
 // stride 128 bytes) so that they land one after another; rows past the end read as zeros.
 inline CUtensorMap make_tma_map_chunks(const void* ptr, int64_t rows, int64_t k, int box_rows, int chunks) {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
-    PIRT_CHECK(fn && q == cudaDriverEntryPointSuccess, "TMA: the driver has no cuTensorMapEncodeTiled");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   PIRT_CHECK(k % 64 == 0 && chunks >= 1 && chunks <= k / 64, "TMA: %lld columns in chunks of 64 (%d a box)",
              (long long)k, chunks);
   CUtensorMap m;
