@@ -298,18 +298,21 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 // the row tiles, so half the K/V bytes read from L2, and bulk copies for what is left. The merge
 // (~4 us of ~9.4) moves 64 KB a block however it is split; pushing it by bulk copies or going through
 // L2 (plain or TMA stores and loads) measured slower (docs/cuda.md).
-constexpr int kOStride = kDh + 8;   // fp32 a row of the merge's O: conflict-free float2 stores
+// bf16 a row of the merge's O (16-byte pad: conflict-free stores). bf16, not fp32: the merge moves
+// each block's whole O through DSMEM and is bound by those bytes (bench/RESULTS.md, session 11); one
+// more bf16 rounding of each split's partial sum, below the output's own.
+constexpr int kOStride = kDh + 8;
 
 struct SplitSmem {
   bf16 q[kDh / 64][kBox];
   bf16 k[kDh / 64][kBox];
-  bf16 v[kDh / 64][kBox];  // q, k, v adjacent: the merge's fp32 O [64][kOStride] over them
+  bf16 v[kDh / 64][kBox];  // q, k, v adjacent: the merge's bf16 O [64][kOStride] over them
   bf16 p[kBox];
   float ml[kRows][2];
   float wts[kRows][kMaxMergeSplits];
   uint64_t bar_q, bar_k, bar_v;
 };
-static_assert(sizeof(float) * kRows * kOStride <= 3 * sizeof(bf16) * kDh * kRows, "O must fit over q, k, v");
+static_assert(sizeof(bf16) * kRows * kOStride <= 3 * sizeof(bf16) * kDh * kRows, "O must fit over q, k, v");
 constexpr size_t kSplitSmemBytes = sizeof(SplitSmem) + 1024;
 
 struct SplitArgs {
@@ -376,7 +379,7 @@ __global__ void __launch_bounds__(128, 1) attention_wgmma_split_kernel(const __g
     return;
   }
   // The splits' unnormalised O and (max, sum) of each row, for the cluster merge (split_merge.cuh).
-  float* ob = reinterpret_cast<float*>(&sm.q[0][0]);  // q, k, v are free (the loop's last sync)
+  bf16* ob = &sm.q[0][0];  // q, k, v are free (the loop's last sync)
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     const int r = 16 * w + g + 8 * hh;
@@ -384,8 +387,8 @@ __global__ void __launch_bounds__(128, 1) attention_wgmma_split_kernel(const __g
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int j = 0; j < 16; ++j)
-        *reinterpret_cast<float2*>(ob + r * kOStride + h * 128 + 8 * j + 2 * t) =
-            make_float2(o[h][4 * j + 2 * hh], o[h][4 * j + 2 * hh + 1]);
+        *reinterpret_cast<uint32_t*>(ob + r * kOStride + h * 128 + 8 * j + 2 * t) =
+            pack_bf16x2(o[h][4 * j + 2 * hh], o[h][4 * j + 2 * hh + 1]);
     if (t == 0) sm.ml[r][0] = m_run[hh], sm.ml[r][1] = l_run[hh];
   }
   cluster_merge<kRows, kDh, 128>(ob, kOStride, sm.ml, sm.wts, kDh,
