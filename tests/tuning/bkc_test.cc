@@ -87,6 +87,21 @@ TEST_F(BkcTest, OtherGpuOrShapeIsNotCompared) {
   f = h100(100);
   f.model = "pi05";
   EXPECT_FALSE(check_bkc(path_, f).matched);
+  f = h100(100);  // entries without "images" are about f32 images
+  f.images = "u8";
+  EXPECT_FALSE(check_bkc(path_, f).matched);
+}
+
+TEST_F(BkcTest, ImagesFieldSelectsTheEntry) {
+  write(R"({"margin": 0.1, "entries": [
+    {"gpu": "H100", "model": "pi0", "cameras": 3, "absent": 0, "horizon": 50, "steps": 10, "mean_ms": 20.0},
+    {"gpu": "H100", "model": "pi0", "cameras": 3, "absent": 0, "horizon": 50, "steps": 10, "images": "u8",
+     "mean_ms": 10.0}]})");
+  BenchFigures f = h100(12.0);
+  EXPECT_FALSE(check_bkc(path_, f).regression);  // the f32 entry
+  f.images = "u8";
+  EXPECT_TRUE(check_bkc(path_, f).matched);
+  EXPECT_TRUE(check_bkc(path_, f).regression);  // the u8 entry
 }
 
 TEST_F(BkcTest, MalformedFilesAreErrors) {

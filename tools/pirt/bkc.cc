@@ -38,7 +38,7 @@ BkcVerdict check_bkc(const std::string& path, const BenchFigures& f) {
       if (e.at("model").get<std::string>() != f.model || e.at("cameras").get<int>() != f.cameras ||
           e.at("absent").get<int>() != f.absent || e.value("prompt_len", 48) != f.prompt_len ||
           e.at("horizon").get<int>() != f.horizon || e.at("steps").get<int>() != f.steps ||
-          e.value("batch", 1) != f.batch)
+          e.value("batch", 1) != f.batch || e.value("images", std::string("f32")) != f.images)
         continue;
       const double best = e.at("mean_ms").get<double>();
       const double margin = e.value("margin", default_margin);

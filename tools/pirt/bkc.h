@@ -10,6 +10,7 @@ struct BenchFigures {
   std::string device;  // the backend's name, e.g. "cuda: NVIDIA H100 80GB HBM3"
   std::string model;   // pi0 | pi05 | tiny | tiny-pi05 | a checkpoint folder
   int cameras = 3, absent = 0, prompt_len = 48, horizon = 50, steps = 10, batch = 1;
+  std::string images = "f32";  // an entry without "images" is about f32 images
   double mean_ms = 0;
 };
 

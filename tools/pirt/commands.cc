@@ -139,7 +139,7 @@ CallShape call_shape(const Args& a) {
 int cmd_bench(int argc, char** argv) {
   const Args a(argc, argv,
                {"--model", "--device", "--cameras", "--absent", "--prompt-len", "--horizon", "--steps", "--batch",
-                "--iters", "--warmup", "--json", "--seed", "--check", "--tuning"},
+                "--iters", "--warmup", "--json", "--seed", "--check", "--tuning", "--images"},
                kEngineFlags);
   if (a.help()) {
     std::printf(
@@ -153,6 +153,8 @@ int cmd_bench(int argc, char** argv) {
         "  --horizon N              action horizon (default: the model's, 50)\n"
         "  --steps N                flow-matching steps (default 10)\n"
         "  --batch N                batch size (default 1)\n"
+        "  --images f32|u8          image dtype fed to the engine (default f32, in [-1, 1]; u8: as the\n"
+        "                           policy server feeds a robot's images, converted on the GPU)\n"
         "  --iters N                timed calls (default 50 on a GPU, 3 on the CPU)\n"
         "  --warmup N               untimed calls first (default 3 on a GPU, 1 on the CPU)\n"
         "  --json FILE              also write the figures as JSON\n"
@@ -174,11 +176,20 @@ int cmd_bench(int argc, char** argv) {
 
   std::unique_ptr<Engine> engine = load_model(model, opt);
   const ModelConfig& c = engine->config();
-  const ModelInputs in = synthetic_inputs(c, batch, cameras, prompt_len, a.integer("--seed", 0, 0, 1L << 40));
-  std::printf("model     %s\ndevice    %s\nload      %.2f s\nshape     batch %d, %d cameras + %d absent, "
+  ModelInputs in = synthetic_inputs(c, batch, cameras, prompt_len, a.integer("--seed", 0, 0, 1L << 40));
+  const std::string images = a.str("--images", "f32");
+  if (images != "f32" && images != "u8") throw_error("--images must be f32 or u8, not \"" + images + "\"");
+  if (images == "u8")  // the same pictures as bytes: x in [-1, 1] -> round((x + 1) * 127.5)
+    for (HostTensor& im : in.images) {
+      HostTensor b(DType::U8, im.shape());
+      for (int64_t i = 0; i < im.numel(); ++i)
+        b.ptr<uint8_t>()[i] = static_cast<uint8_t>(std::lrint(std::clamp((im.ptr<float>()[i] + 1.f) * 127.5f, 0.f, 255.f)));
+      im = std::move(b);
+    }
+  std::printf("model     %s\ndevice    %s\nload      %.2f s\nshape     batch %d, %d cameras + %d absent (%s images), "
               "%d prompt tokens, horizon %d, %d steps\n",
               c.name().c_str(), engine->backend().name().c_str(), engine->load_seconds(), batch, cameras, absent,
-              prompt_len, engine->horizon(), steps);
+              images.c_str(), prompt_len, engine->horizon(), steps);
   std::fflush(stdout);
 
   const auto first_start = std::chrono::steady_clock::now();
@@ -212,6 +223,7 @@ int cmd_bench(int argc, char** argv) {
                         {"cameras", cameras},
                         {"absent", absent},
                         {"prompt_len", prompt_len},
+                        {"images", images},
                         {"horizon", engine->horizon()},
                         {"steps", steps},
                         {"iters", iters},
@@ -248,6 +260,7 @@ int cmd_bench(int argc, char** argv) {
     fig.horizon = engine->horizon();
     fig.steps = steps;
     fig.batch = batch;
+    fig.images = images;
     fig.mean_ms = mean;
     const BkcVerdict v = check_bkc(a.str("--check"), fig);
     std::fprintf(v.regression ? stderr : stdout, "%s\n", v.message.c_str());
