@@ -291,13 +291,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_wgmma_kernel(const __gr
 // A block is one warpgroup over one row tile and `per` consecutive key tiles (one, up to 16 tiles),
 // the key splits of a row tile a thread-block cluster (along z). Q, K and V come in through TMA on
 // three mbarriers, so S = Q K^T starts before V has landed, and the next tile's K (V) is issued as
-// soon as this tile's S (P V) has read the buffer. Each block leaves its unnormalised O (fp32) and
+// soon as this tile's S (P V) has read the buffer. Each block leaves its unnormalised O (bf16) and
 // (max, sum) in shared memory; block `rank` of the cluster finishes columns [rank, rank + 1) * 256 / cs
 // of the 64 rows through DSMEM, as the mma.sync split kernel does (attention.cu). Against that kernel
 // (32-row tiles, 7 splits of two tiles, K/V by cp.async: 144 KB a block through the L1 path): half
 // the row tiles, so half the K/V bytes read from L2, and bulk copies for what is left. The merge
-// (~4 us of ~9.4) moves 64 KB a block however it is split; pushing it by bulk copies or going through
-// L2 (plain or TMA stores and loads) measured slower (docs/cuda.md).
+// (~4 us of ~9.4) moves the block's whole O however it is split (32 KB in bf16); pushing it by bulk
+// copies or going through L2 (plain or TMA stores and loads) measured slower (docs/cuda.md).
 // bf16 a row of the merge's O (16-byte pad: conflict-free stores). bf16, not fp32: the merge moves
 // each block's whole O through DSMEM and is bound by those bytes (bench/RESULTS.md, session 11); one
 // more bf16 rounding of each split's partial sum, below the output's own.
