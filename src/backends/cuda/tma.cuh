@@ -61,50 +61,48 @@ __device__ __forceinline__ void fence_proxy_async_global() {
 }
 #endif
 
-// The driver's cuTensorMapEncodeTiled (looked up once by each map builder below).
-inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult q;
-  CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
-  PIRT_CHECK(fn && q == cudaDriverEntryPointSuccess, "TMA: the driver has no cuTensorMapEncodeTiled");
-  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+// A bf16 tensor of `rank` dimensions (dims innermost first; strides in bytes, of dims 1..rank-1) as a
+// TMA map of `box` boxes: 128-byte swizzle, 256-byte L2 promotion, elements past the end read as
+// zeros. The error names the [rows, k] matrix, and `layout` how it is cut. The map builders below
+// share it.
+inline CUtensorMap encode_bf16_map(cuuint32_t rank, const void* ptr, const cuuint64_t* dims, const cuuint64_t* strides,
+                                   const cuuint32_t* box, int64_t rows, int64_t k, const char* layout) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {  // the driver's, looked up once
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
+    PIRT_CHECK(fn && q == cudaDriverEntryPointSuccess, "TMA: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  CUtensorMap m;
+  const cuuint32_t elem[3] = {1, 1, 1};
+  const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<void*>(ptr), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  PIRT_CHECK(r == CUDA_SUCCESS, "TMA: cuTensorMapEncodeTiled failed (%d) for a %lld x %lld matrix%s", (int)r,
+             (long long)rows, (long long)k, layout);
+  return m;
 }
 
 // A bf16 row-major [rows, k] matrix as a TMA map of [box_rows, 64] boxes (128-byte swizzle); rows past
 // the end read as zeros.
 inline CUtensorMap make_tma_map(const void* ptr, int64_t rows, int64_t k, int box_rows) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  CUtensorMap m;
   const cuuint64_t dims[2] = {(cuuint64_t)k, (cuuint64_t)rows};
   const cuuint64_t strides[1] = {(cuuint64_t)k * 2};
   const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
-  const cuuint32_t elem[2] = {1, 1};
-  const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(ptr), dims, strides, box, elem,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  PIRT_CHECK(r == CUDA_SUCCESS, "TMA: cuTensorMapEncodeTiled failed (%d) for a %lld x %lld matrix", (int)r,
-             (long long)rows, (long long)k);
-  return m;
+  return encode_bf16_map(2, ptr, dims, strides, box, rows, k, "");
 }
 
 // A bf16 row-major [rows, k] matrix as a 3D TMA map for tma_load_chunks: boxes of box_rows rows by
 // `chunks` 64-element column chunks (128-byte swizzle), the chunks the outer box dimension (global
 // stride 128 bytes) so that they land one after another; rows past the end read as zeros.
 inline CUtensorMap make_tma_map_chunks(const void* ptr, int64_t rows, int64_t k, int box_rows, int chunks) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   PIRT_CHECK(k % 64 == 0 && chunks >= 1 && chunks <= k / 64, "TMA: %lld columns in chunks of 64 (%d a box)",
              (long long)k, chunks);
-  CUtensorMap m;
   const cuuint64_t dims[3] = {64, (cuuint64_t)rows, (cuuint64_t)(k / 64)};
   const cuuint64_t strides[2] = {(cuuint64_t)k * 2, 128};
   const cuuint32_t box[3] = {64, (cuuint32_t)box_rows, (cuuint32_t)chunks};
-  const cuuint32_t elem[3] = {1, 1, 1};
-  const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(ptr), dims, strides, box, elem,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  PIRT_CHECK(r == CUDA_SUCCESS, "TMA: cuTensorMapEncodeTiled failed (%d) for a %lld x %lld matrix in chunks", (int)r,
-             (long long)rows, (long long)k);
-  return m;
+  return encode_bf16_map(3, ptr, dims, strides, box, rows, k, " in chunks");
 }
 
 }  // namespace pirt::cuda
